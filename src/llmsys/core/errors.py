@@ -4,7 +4,7 @@
 
     LlmsysError
     ├── ConfigError            a configuration value or key is invalid (also a ValueError)
-    ├── InputError             user data (a file, an array, a trace) is malformed (also a ValueError)
+    ├── InputError             user data (a file, an array, a trace) is malformed (a ValueError)
     ├── ModelUnavailableError  the bundled model or a package it needs is missing
     └── ResourceError          a machine resource (a server binary, a device) is unusable
 

@@ -158,7 +158,9 @@ def _load_cached(dtype_name: str, cache_dir: Path) -> BundledModel:
         try:
             tokenizer, model = _load_folder(folder, dtype)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            _LOG.warning("model cache %s is unusable (%s); rebuilding it from the GGUF", folder, exc)
+            _LOG.warning(
+                "model cache %s is unusable (%s); rebuilding it from the GGUF", folder, exc
+            )
             shutil.rmtree(folder, ignore_errors=True)
         else:
             return BundledModel(tokenizer=tokenizer, model=model, gguf_path=path, dtype=dtype)

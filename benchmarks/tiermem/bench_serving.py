@@ -1,0 +1,59 @@
+"""Serving benchmark: ITME vs CPU offloading (and the other configurations) on the real model.
+
+CI-sized by default (a few minutes on two cores); ``--full`` runs the larger size. Prints a
+table, then one JSON line with the serving issue's keys::
+
+    python benchmarks/tiermem/bench_serving.py [--full] [--workload chat|docs|trace] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmsys.cli.tiermem_serve_cmd import print_table
+from llmsys.tiermem.serving import ServingBenchOptions, Workload, run_serving_bench
+
+TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "mooncake_synthetic_trace.jsonl"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="larger footprint, all ratios")
+    parser.add_argument("--workload", choices=["chat", "docs", "trace"], default="chat")
+    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--skip", type=int, default=1000)
+    parser.add_argument("--ratios", default=None, help="comma-separated ratios")
+    args = parser.parse_args(argv)
+    ratios = (
+        tuple(int(x) for x in args.ratios.split(","))
+        if args.ratios
+        else ((1, 2, 4, 8) if args.full else (2, 4, 8))
+    )
+    options = ServingBenchOptions(
+        workload=Workload(args.workload),
+        trace=args.trace if args.workload == "trace" else None,
+        requests=args.requests,
+        skip=args.skip,
+        footprint_mib=96.0 if args.full else 40.0,
+        ratios=ratios,
+        miss_requests=4,
+        repeats=5 if args.full else 3,
+    )
+
+    def progress(label: str, done: int, total: int) -> None:
+        if done == total:
+            print(f"  {label}: {total} requests served", file=sys.stderr, flush=True)
+
+    summary = run_serving_bench(options, progress)
+    print_table(summary)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace=args.trace if args.workload == "trace" else None,
         requests=args.requests,
         skip=args.skip,
-        footprint_mib=96.0 if args.full else 40.0,
+        footprint_mib=400.0 if args.full else 180.0,
         ratios=ratios,
         miss_requests=4,
         repeats=5 if args.full else 3,

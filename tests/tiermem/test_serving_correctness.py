@@ -96,10 +96,12 @@ def _workload() -> list[Request]:
     ]
 
 
+@pytest.mark.parametrize("chunk_blocks", [1, 3])
 def test_cached_serving_matches_recompute_across_all_tiers(
-    runner: ModelRunner, tmp_path: Path, redis_server: tuple[str, int]
+    runner: ModelRunner, chunk_blocks: int, tmp_path: Path, redis_server: tuple[str, int]
 ) -> None:
     ns = _namespace(runner)
+    runner = ModelRunner(runner.bundled, BLOCK_TOKENS, chunk_blocks)
     requests = _workload()
     reference = ServingEngine(runner, record_logits=True).serve(requests)
 
@@ -110,12 +112,14 @@ def test_cached_serving_matches_recompute_across_all_tiers(
             DramConfig(4 * bb),
             CxlConfig(4 * bb),
             SsdConfig(tmp_path, 4 * bb),
-            RemoteConfig(1000 * bb, *redis_server, key_prefix=b"serving-test:"),
+            RemoteConfig(1000 * bb, *redis_server, key_prefix=f"serving-{chunk_blocks}:".encode()),
         )
     )
     with TieredStore(ns, config) as store:
-        engine = ServingEngine(runner, TieredKVConnector(store, runner, ns), record_logits=True)
+        connector = TieredKVConnector(store, runner, ns)
+        engine = ServingEngine(runner, connector, record_logits=True)
         cached = engine.serve(requests)
+        connector.close()
 
     seen = {t for r in cached.results for t in r.hit_tiers}
     assert seen == set(TierKind), f"hits came only from {seen}"
@@ -164,4 +168,5 @@ def test_foresight_promotes_queued_blocks_and_releases_pins(
             store.complete_load(pins)
         finally:
             prefetcher.close()
+            connector.close()
     executor.shutdown()

@@ -52,6 +52,13 @@ def add_bench(children: Any) -> None:
         "--block-tokens", type=int, default=16, help="tokens per KV block (default: %(default)s)"
     )
     p.add_argument(
+        "--prefill-chunk-blocks",
+        type=int,
+        default=4,
+        help="blocks per prefill forward pass; hits are used in whole chunks so cached and "
+        "recomputed logits stay bitwise identical (default: %(default)s)",
+    )
+    p.add_argument(
         "--footprint-mib",
         type=float,
         default=48.0,
@@ -103,6 +110,7 @@ def _bench(args: argparse.Namespace) -> int:
         skip=args.skip,
         tokens_per_hash=args.tokens_per_hash,
         block_tokens=args.block_tokens,
+        prefill_chunk_blocks=args.prefill_chunk_blocks,
         footprint_mib=args.footprint_mib,
         ratios=args.ratios,
         configs=configs,

@@ -54,7 +54,9 @@ class ServingBenchOptions:
     tokens_per_hash: int = 8
     """Tokens each 512-token trace hash block becomes."""
     block_tokens: int = 16
-    """Tokens per KV block (also the prefill chunk: block-grid prefill)."""
+    """Tokens per KV block."""
+    prefill_chunk_blocks: int = 4
+    """Blocks per prefill forward pass; cache hits are used in whole chunks (bitwise exact)."""
     footprint_mib: float = 48.0
     """Target KV footprint of generated workloads, MiB."""
     ratios: tuple[int, ...] = (1, 2, 4, 8)
@@ -80,8 +82,8 @@ class ServingBenchOptions:
         """Raises: ConfigError: an option out of range or a trace workload without a file."""
         if self.workload is Workload.TRACE and self.trace is None:
             raise ConfigError("workload 'trace' needs a trace file (--trace FILE)")
-        if self.block_tokens < 1 or self.tokens_per_hash < 1:
-            raise ConfigError("block_tokens and tokens_per_hash must be >= 1")
+        if self.block_tokens < 1 or self.tokens_per_hash < 1 or self.prefill_chunk_blocks < 1:
+            raise ConfigError("block_tokens, tokens_per_hash and prefill_chunk_blocks must be >= 1")
         if self.footprint_mib <= 0:
             raise ConfigError("footprint_mib must be > 0")
         if not self.ratios or any(r < 1 for r in self.ratios):
@@ -122,7 +124,7 @@ def run_serving_bench(
     """Run the comparison; return the summary dict (the issue's keys plus provenance)."""
     torch.set_num_threads(options.threads)
     bundled = load_bundled_model()
-    runner = ModelRunner(bundled, options.block_tokens)
+    runner = ModelRunner(bundled, options.block_tokens, options.prefill_chunk_blocks)
     g = runner.geometry
     namespace = Namespace(
         bundled.fingerprint,
@@ -168,7 +170,14 @@ def run_serving_bench(
             "prompt_tokens_total": sum(len(r.prompt_ids) for r in requests),
             "workload": options.workload.value,
             "block_tokens": options.block_tokens,
-            "prefill": "block-grid (one forward pass per block; bitwise-exact cache hits)",
+            # the workload's recipe, so a simulator can rebuild the same requests
+            "footprint_mib": options.footprint_mib,
+            "max_new_tokens": options.max_new_tokens,
+            "tokens_per_hash": options.tokens_per_hash,
+            "skip": options.skip,
+            "lookahead": options.lookahead,
+            "prefill_chunk_tokens": runner.chunk_tokens,
+            "prefill": "fixed chunk grid; hits used in whole chunks (bitwise-exact cache hits)",
             "cxl_backend": "emulated",
             "git_sha": git_sha(),
             "config_hash": config_hash(cfg),

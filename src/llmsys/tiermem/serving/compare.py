@@ -39,7 +39,7 @@ from llmsys.tiermem.store import StoreConfig, TieredStore
 from llmsys.tiermem.tiers import CxlConfig, DramConfig, SsdConfig, TierConfig
 from llmsys.tiermem.tiers.base import TierKind
 
-__all__ = ["CacheConfig", "ComparisonResult", "compare_configs", "parse_configs"]
+__all__ = ["CacheConfig", "ComparisonResult", "compare_configs", "parse_configs", "tier_configs"]
 
 NEAR_TIE = 1e-3
 """Top-two logit gap of recompute below which a differing greedy token is a near tie."""
@@ -186,9 +186,11 @@ def _timely(res: ServeResult) -> float | None:
     return sum(t is TierKind.DRAM for t in hits) / len(hits) if hits else None
 
 
-def _tier_configs(
+def tier_configs(
     cfg: CacheConfig, footprint: int, ratio: int, block_bytes: int, ssd_dir: Path
 ) -> tuple[TierConfig, ...]:
+    """The tiers of ``cfg`` for footprint ``footprint`` bytes at ``ratio`` (the simulator
+    sizes its stores with this same function)."""
     # every tier gets one block of slack so rounding never makes it smaller than intended
     dram = max(footprint // ratio, 4 * block_bytes) + block_bytes
     full = footprint + 4 * block_bytes
@@ -290,12 +292,12 @@ def _serve(
     if cfg is CacheConfig.RECOMPUTE:
         return ServingEngine(runner, record_logits=True).serve(requests, tick), (0, 0)
     ssd_dir.mkdir(parents=True, exist_ok=True)
-    tiers = _tier_configs(cfg, footprint, ratio, namespace.block_bytes, ssd_dir)
+    tiers = tier_configs(cfg, footprint, ratio, namespace.block_bytes, ssd_dir)
     executor = ThreadPoolExecutor(2, thread_name_prefix="itme-store")
     store = TieredStore(namespace, StoreConfig(tiers=tiers), executor=executor)
     prefetcher = None
+    connector = TieredKVConnector(store, runner, namespace)
     try:
-        connector = TieredKVConnector(store, runner, namespace)
         if cfg is CacheConfig.ITME:
             prefetcher = ForesightPrefetcher(store, lookahead=lookahead)
         engine = ServingEngine(runner, connector, prefetcher, record_logits=True)
@@ -310,5 +312,6 @@ def _serve(
     finally:
         if prefetcher is not None:
             prefetcher.close()
+        connector.close()
         store.close()
         executor.shutdown(wait=True)

@@ -6,7 +6,8 @@ vLLM is a matter of forwarding calls:
 Scheduler side (decides how much is cached and pins it):
 
 - ``get_num_new_matched_tokens(request) -> int`` - tokens of the prompt that the store can
-  supply (whole blocks, at most ``len(prompt) - 1`` so one token is always computed).
+  supply and the runner will use (whole prefill chunks, at most ``len(prompt) - 1`` so one
+  token is always computed).
 - ``update_state_after_alloc(request, num_tokens)`` - pin those blocks for this request
   (``TieredStore.prepare_load``); from here until ``request_finished`` they cannot be evicted.
 - ``request_finished(request)`` - unpin whatever the request still holds.
@@ -18,14 +19,18 @@ Worker side (moves bytes):
   holds all layers contiguously (one transfer per block), so the first call waits for the
   whole load and later calls return at once; overlap comes from foresight instead, which
   loads the *next* requests' blocks while this one computes.
-- ``save_kv_layer`` / ``save_kv(request, cache)`` - store the request's new full blocks.
-- ``wait_for_save()`` - saves are synchronous here (DRAM copy); returns at once.
+- ``save_kv(request, cache, first_block)`` - copy the request's new full blocks out of the
+  model's cache (on the caller's thread) and store them on a background thread, so the
+  store's copies, demotions and write-through overlap the request's decode.
+- ``wait_for_save()`` - wait until every pending save is published (the engine calls it
+  before the next request looks up, so hit rates do not depend on timing).
 - ``get_finished() -> set[str]`` - requests whose loads and saves are done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +73,8 @@ class TieredKVConnector:
         self._state: dict[str, LoadedPrefix] = {}
         self._finished: set[str] = set()
         self._buffers: list[memoryview] = []
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="itme-save")
+        self._pending: list[Future[int]] = []
 
     def block_keys(self, request: Request) -> tuple[BlockKey, ...]:
         """Keys of the prompt's full blocks (cached per request)."""
@@ -85,7 +92,9 @@ class TieredKVConnector:
         keys = self.block_keys(request)
         usable = (len(request.prompt_ids) - 1) // self.namespace.block_tokens
         hit = self.store.lookup(keys[:usable])
-        return hit.num_blocks * self.namespace.block_tokens
+        return self.runner.usable_cached_tokens(
+            hit.num_blocks * self.namespace.block_tokens, len(request.prompt_ids)
+        )
 
     def update_state_after_alloc(self, request: Request, num_tokens: int) -> None:
         """Pin the first ``num_tokens // block_tokens`` blocks for ``request``."""
@@ -126,15 +135,25 @@ class TieredKVConnector:
         cache = self._state[request.request_id].cache
         return cache.layers[layer].keys, cache.layers[layer].values
 
-    def save_kv(self, request: Request, cache: Any, first_block: int) -> int:
-        """Store the prompt's full blocks from ``first_block`` on; return how many were new.
+    def save_kv(self, request: Request, cache: Any, first_block: int) -> None:
+        """Start storing the prompt's full blocks from ``first_block`` on (see
+        :meth:`wait_for_save`)."""
+        keys = self._state[request.request_id].keys
+        if first_block >= len(keys):
+            return
+        blocks = self.runner.blocks_from_cache(cache, first_block, len(keys))
+        self._pending.append(self._saver.submit(self._store_blocks, keys, first_block, blocks))
+
+    def _store_blocks(
+        self, keys: tuple[BlockKey, ...], first_block: int, blocks: Sequence[np.ndarray]
+    ) -> int:
+        """Store ``blocks`` (``keys[first_block:]``'s); return how many were new.
 
         A store handle reserves at most the dram slots that are not pinned, so a prompt
         longer than that is stored in rounds: each round publishes its blocks (which the
         next round may demote to slower tiers) until every block is stored or a round makes
         no progress.
         """
-        keys = self._state[request.request_id].keys
         index = {k: i for i, k in enumerate(keys)}
         stored = 0
         todo = list(keys[first_block:])
@@ -143,12 +162,9 @@ class TieredKVConnector:
             if not handle.keys:
                 self.store.complete_store(handle)
                 break
-            positions = [index[k] for k in handle.keys]
-            lo, hi = min(positions), max(positions) + 1
-            blocks: Sequence[np.ndarray] = self.runner.blocks_from_cache(cache, lo, hi)
             try:
-                for key, pos in zip(handle.keys, positions, strict=True):
-                    self.store.write(handle, key, blocks[pos - lo].data)
+                for key in handle.keys:
+                    self.store.write(handle, key, blocks[index[key] - first_block].data)
             except BaseException:
                 self.store.complete_store(handle, success=False)
                 raise
@@ -158,8 +174,20 @@ class TieredKVConnector:
             todo = [k for k in todo[todo.index(handle.keys[-1]) + 1 :] if k not in done]
         return stored
 
-    def wait_for_save(self) -> None:
-        """Saves complete synchronously in :meth:`save_kv`; nothing to wait for."""
+    def wait_for_save(self) -> int:
+        """Wait for every pending save; return how many blocks they stored.
+
+        Raises:
+            Exception: whatever a save raised (a store bug, not a tier failure - tiers
+            never raise into this path).
+        """
+        pending, self._pending = self._pending, []
+        return sum(f.result() for f in pending)
+
+    def close(self) -> None:
+        """Finish pending saves and stop the save thread."""
+        self.wait_for_save()
+        self._saver.shutdown(wait=True)
 
     def get_finished(self) -> set[str]:
         """Return and clear the ids of requests finished since the last call."""

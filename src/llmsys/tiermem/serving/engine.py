@@ -125,14 +125,19 @@ class ServingEngine:
                 conn.store.complete_load(foresight_pins)
             state = conn.start_load_kv(request)
             cache = state.cache
-            cached_tokens = state.loaded_blocks * self.runner.geometry.block_tokens
-            tiers = state.tiers
+            # a corrupt block can end the prefix mid-chunk: keep the chunk grid
+            loaded_tokens = state.loaded_blocks * self.runner.geometry.block_tokens
+            cached_tokens = self.runner.usable_cached_tokens(loaded_tokens, len(request.prompt_ids))
+            if cached_tokens < loaded_tokens:
+                cache.crop(cached_tokens)
+            tiers = state.tiers[: cached_tokens // self.runner.geometry.block_tokens]
         prefill = self.runner.prefill(request.prompt_ids, cache, cached_tokens)
         first = int(prefill.last_logits.argmax())
         ttft = time.perf_counter() - t0
+        if conn is not None:  # the prompt's KV is complete: store it while decoding
+            conn.save_kv(request, prefill.cache, cached_tokens // self.runner.geometry.block_tokens)
         output = self.runner.decode(prefill.cache, first, request.max_new_tokens)
         if conn is not None:
-            conn.save_kv(request, prefill.cache, cached_tokens // self.runner.geometry.block_tokens)
             conn.wait_for_save()
             conn.request_finished(request)
         e2e = time.perf_counter() - t0

@@ -9,13 +9,15 @@ grid (block 0, block 1, ..., then the trailing partial block), whether or not a 
 from the cache. A block's KV therefore depends only on the tokens up to it, never on serving
 history, and KV round-trips through bytes bitwise; so a cached run's logits are bitwise
 identical to a recompute run's. ``chunk_blocks`` > 1 groups several blocks per forward
-pass (faster prefill); the grid then has coarser chunks and a cache hit that ends inside a
-chunk makes the remainder run on different chunk boundaries - logits then agree to ~1e-5
-instead of bitwise. The benchmark reports which mode ran and what it costs.
+pass (fewer passes, faster prefill); to stay bitwise exact, a cache hit is then used only
+up to the last whole chunk (:meth:`ModelRunner.usable_cached_tokens`), so the rest of the
+prompt runs on the same chunk boundaries as a recompute. That costs at most
+``chunk_blocks - 1`` blocks of recompute per request.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +99,9 @@ class ModelRunner:
             dtype=bundled.dtype,
         )
         self.eos_token_id = bundled.tokenizer.eos_token_id
+        # transformers 5 renamed past_key_values to cache; older releases ignore unknown kwargs
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # -- KV <-> block bytes ---------------------------------------------------------------
     def empty_cache(self) -> Any:
@@ -143,6 +148,18 @@ class ModelRunner:
         return [raw[i] for i in range(n)]
 
     # -- compute -------------------------------------------------------------------------
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens per prefill forward pass (the grid step)."""
+        return self.geometry.block_tokens * self.chunk_blocks
+
+    def usable_cached_tokens(self, hit_tokens: int, prompt_tokens: int) -> int:
+        """How many of ``hit_tokens`` cached prompt tokens to use: whole chunks only, and
+        fewer than ``prompt_tokens`` (one token is always computed, for the logits)."""
+        step = self.chunk_tokens
+        usable = min(hit_tokens, prompt_tokens - 1)
+        return max(0, usable // step * step)
+
     def prefill(self, prompt_ids: Sequence[int], cache: Any, cached_tokens: int) -> PrefillResult:
         """Prefill ``prompt_ids[cached_tokens:]`` on top of ``cache`` on the block grid.
 
@@ -158,7 +175,7 @@ class ModelRunner:
             raise TierConfigError(
                 f"cached_tokens={cached_tokens} must be a multiple of {b} and < prompt length {n}"
             )
-        step = b * self.chunk_blocks
+        step = self.chunk_tokens
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
         passes = 0
         pos = cached_tokens
@@ -169,7 +186,7 @@ class ModelRunner:
                 end = min(n, (pos // step + 1) * step)
                 out = self.model(
                     input_ids=ids[:, pos:end],
-                    past_key_values=cache,
+                    **{self._cache_kw: cache},
                     use_cache=True,
                     logits_to_keep=1,
                 )
@@ -190,7 +207,7 @@ class ModelRunner:
             while len(out) < max_new_tokens and token != self.eos_token_id:
                 step = self.model(
                     input_ids=torch.tensor([[token]], dtype=torch.long),
-                    past_key_values=cache,
+                    **{self._cache_kw: cache},
                     use_cache=True,
                 )
                 token = int(step.logits[0, -1].argmax())

@@ -122,10 +122,10 @@ def chat_workload(
     target_footprint_bytes: int,
     bytes_per_token: int,
     block_tokens: int,
-    sessions: int = 8,
-    system_tokens: int = 256,
-    user_tokens: int = 48,
-    assistant_tokens: int = 48,
+    sessions: int = 12,
+    system_tokens: int = 128,
+    user_tokens: int = 64,
+    assistant_tokens: int = 64,
     max_new_tokens: int = 8,
 ) -> list[Request]:
     """Multi-turn chat over a shared system prompt, sessions served round-robin.

@@ -32,14 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = (
         tuple(int(x) for x in args.ratios.split(","))
         if args.ratios
-        else ((1, 2, 4, 8) if args.full else (2, 4, 8))
+        else ((1, 2, 4, 8) if args.full else (4, 8))
     )
     options = ServingBenchOptions(
         workload=Workload(args.workload),
         trace=args.trace if args.workload == "trace" else None,
         requests=args.requests,
         skip=args.skip,
-        footprint_mib=400.0 if args.full else 180.0,
+        footprint_mib=400.0 if args.full else 120.0,
         ratios=ratios,
         miss_requests=4,
         repeats=5 if args.full else 3,

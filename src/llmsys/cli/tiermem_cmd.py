@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from llmsys.cli.tiermem_llamacpp_cmd import add_llamacpp_bench
 from llmsys.cli.tiermem_serve_cmd import add_bench as add_serving_bench
+from llmsys.cli.tiermem_sim_cmd import add_simulate
+from llmsys.cli.tiermem_weights_cmd import add_weights_bench
 from llmsys.core.errors import ConfigError, InputError
 from llmsys.core.machine import o_direct_supported
 from llmsys.tiermem import (
@@ -188,6 +191,9 @@ _COMMANDS: list[Callable[[Any], None]] = [
     add_serving_bench,
     _add_demo,
     _add_describe,
+    add_simulate,
+    add_weights_bench,
+    add_llamacpp_bench,
 ]
 """Subcommand registrars, in help order; later issues append theirs."""
 

@@ -78,8 +78,9 @@ def add_bench(children: Any) -> None:
     p.add_argument(
         "--lookahead",
         type=int,
-        default=2,
-        help="requests of foresight look-ahead (default: %(default)s)",
+        default=1,
+        help="requests of foresight look-ahead; each one is prefetched into dram, so it must "
+        "fit there beside the running one (default: %(default)s)",
     )
     p.add_argument(
         "--miss-requests",

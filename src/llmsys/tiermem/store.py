@@ -93,7 +93,9 @@ class TieredStore:
         self._reserved = [0] * len(self.tiers)
         self._storing: set[BlockKey] = set()
         self._bounce = [None if meta else aligned_buffer(self.block_bytes) for _ in self.tiers]
-        self._prefetch_buf = None if meta else aligned_buffer(self.block_bytes)
+        # prefetch jobs read their source outside the store lock, and an executor may run
+        # several at once: each worker thread gets its own bounce buffer
+        self._prefetch_local = threading.local()
         self._counts = dict.fromkeys(("promotions", "demotions", "dropped", "prefetched"), 0)
         for i, tier in enumerate(self.tiers):  # persistent tiers bring their blocks back
             for key in tier.keys():  # noqa: SIM118 - Tier.keys() is a locked snapshot
@@ -349,6 +351,15 @@ class TieredStore:
         self._executor.submit(self._run_prefetch, handle, target_idx)
         return handle
 
+    def _prefetch_buffer(self) -> memoryview | None:
+        """This thread's prefetch bounce buffer (None in metadata-only mode)."""
+        if self.config.metadata_only:
+            return None
+        buf: memoryview | None = getattr(self._prefetch_local, "buf", None)
+        if buf is None:
+            buf = self._prefetch_local.buf = aligned_buffer(self.block_bytes)
+        return buf
+
     def _run_prefetch(self, handle: PrefetchHandle, target_idx: int) -> None:
         # Blocks brought up stay pinned until the job ends, so a prefetch larger than its
         # target never evicts its own earlier blocks; it stops when the target is full.
@@ -368,14 +379,15 @@ class TieredStore:
                     if src <= target_idx:
                         handle.already_blocks += 1
                         continue
-                got = self.tiers[src].get_into(key, self._prefetch_buf)
+                buf = self._prefetch_buffer()
+                got = self.tiers[src].get_into(key, buf)
                 with self._lock:
                     if got is None:
                         self._forget_if_gone(key, src)
                         handle.missing_blocks += 1
                     elif self._where.get(key) != src:
                         handle.already_blocks += 1
-                    elif self._move(key, src, target_idx, self._prefetch_buf, promoted=False):
+                    elif self._move(key, src, target_idx, buf, promoted=False):
                         handle.moved_blocks += 1
                         self._counts["prefetched"] += 1
                     else:

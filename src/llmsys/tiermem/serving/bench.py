@@ -27,6 +27,7 @@ from llmsys.tiermem.serving.workloads import (
     no_reuse_workload,
     read_mooncake_trace,
 )
+from llmsys.tiermem.tiers import probe_cxl
 
 __all__ = ["ServingBenchOptions", "Workload", "run_serving_bench"]
 
@@ -63,7 +64,7 @@ class ServingBenchOptions:
     """Footprint / dram ratios."""
     configs: tuple[CacheConfig, ...] = tuple(CacheConfig)
     """Configurations to run."""
-    lookahead: int = 2
+    lookahead: int = 1
     """Requests of foresight look-ahead (itme)."""
     max_new_tokens: int = 4
     """Tokens generated per generated-workload request."""
@@ -73,6 +74,8 @@ class ServingBenchOptions:
     """Interleaved repeats of the miss-path measurement (medians)."""
     threads: int = 1
     """torch intra-op threads (1 keeps two-core timings stable)."""
+    device: str = "auto"
+    """Where the model runs: ``cpu``, ``cuda``, or ``auto`` (cuda when torch sees a GPU)."""
     work_dir: Path | None = None
     """Where ssd tiers put their files (default: the system temp dir)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +91,8 @@ class ServingBenchOptions:
             raise ConfigError("footprint_mib must be > 0")
         if not self.ratios or any(r < 1 for r in self.ratios):
             raise ConfigError("ratios must be integers >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.lookahead < 1 or self.threads < 1 or self.repeats < 1:
             raise ConfigError("lookahead, threads and repeats must be >= 1")
         if self.max_new_tokens < 1 or self.miss_requests < 0 or self.skip < 0:
@@ -124,6 +129,10 @@ def run_serving_bench(
     """Run the comparison; return the summary dict (the issue's keys plus provenance)."""
     torch.set_num_threads(options.threads)
     bundled = load_bundled_model()
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    bundled.model.to(device)
     runner = ModelRunner(bundled, options.block_tokens, options.prefill_chunk_blocks)
     g = runner.geometry
     namespace = Namespace(
@@ -178,7 +187,8 @@ def run_serving_bench(
             "lookahead": options.lookahead,
             "prefill_chunk_tokens": runner.chunk_tokens,
             "prefill": "fixed chunk grid; hits used in whole chunks (bitwise-exact cache hits)",
-            "cxl_backend": "emulated",
+            "device": device,
+            "cxl_backend": probe_cxl().backend.value,
             "git_sha": git_sha(),
             "config_hash": config_hash(cfg),
         }

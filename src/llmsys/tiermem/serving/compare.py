@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from llmsys.tiermem.keys import Namespace
 from llmsys.tiermem.serving.connector import TieredKVConnector
@@ -145,11 +146,16 @@ class ComparisonResult:
             }
         mismatched = near_ties = 0
         max_diff = 0.0
+        by_config: dict[str, int] = {}
         for cfg, by_ratio in self.runs.items():
             if cfg == "recompute":
                 continue
-            for res in by_ratio.values():
+            for ratio, res in by_ratio.items():
                 for a, b in zip(ref.results, res.results, strict=True):
+                    if a.first_logits is not None and b.first_logits is not None:
+                        if not torch.equal(a.first_logits, b.first_logits):
+                            label = f"{cfg}@{ratio}"
+                            by_config[label] = by_config.get(label, 0) + 1
                     if a.first_logits is not None and b.first_logits is not None:
                         max_diff = max(
                             max_diff, float((a.first_logits - b.first_logits).abs().max())
@@ -165,6 +171,7 @@ class ComparisonResult:
             "mismatched_outputs": mismatched,
             "near_ties": near_ties,
             "max_logit_diff_vs_recompute": max_diff,
+            "logit_differences_by_config": by_config,
         }
 
 
@@ -211,7 +218,7 @@ def compare_configs(
     configs: Sequence[CacheConfig],
     ratios: Sequence[int],
     miss_requests: Sequence[Request] = (),
-    lookahead: int = 2,
+    lookahead: int = 1,
     work_dir: Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     repeats: int = 3,

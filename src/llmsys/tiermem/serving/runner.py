@@ -99,6 +99,8 @@ class ModelRunner:
             dtype=bundled.dtype,
         )
         self.eos_token_id = bundled.tokenizer.eos_token_id
+        self.device = next(self.model.parameters()).device
+        """Where the model runs (cpu, or cuda when the caller moved the model there)."""
         # transformers 5 renamed past_key_values to cache; older releases ignore unknown kwargs
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -123,6 +125,7 @@ class ModelRunner:
             for b in blocks
         ]
         kv = parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=3)
+        kv = kv.to(self.device, non_blocking=True)
         for layer in range(g.layers):
             cache.update(kv[layer, 0].unsqueeze(0), kv[layer, 1].unsqueeze(0), layer)
         return cache
@@ -143,8 +146,7 @@ class ModelRunner:
         n = end_block - first_block
         kv = kv.view(g.layers, 2, g.kv_heads, n, g.block_tokens, g.head_dim)
         out = kv.permute(3, 0, 1, 2, 4, 5).contiguous()  # [n, layers, 2, heads, B, dim]
-        flat = out.view(n, -1).view(torch.uint8) if g.dtype.itemsize == 1 else out.view(n, -1)
-        raw = flat.numpy().view(np.uint8).reshape(n, g.block_bytes)
+        raw = out.view(n, -1).view(torch.uint8).cpu().numpy()  # [n, block_bytes]
         return [raw[i] for i in range(n)]
 
     # -- compute -------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class ModelRunner:
                 f"cached_tokens={cached_tokens} must be a multiple of {b} and < prompt length {n}"
             )
         step = self.chunk_tokens
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         passes = 0
         pos = cached_tokens
         logits = None
@@ -194,7 +196,7 @@ class ModelRunner:
                 passes += 1
                 pos = end
         assert logits is not None  # n > cached_tokens guarantees one pass
-        return PrefillResult(cache=cache, last_logits=logits.float(), forward_passes=passes)
+        return PrefillResult(cache=cache, last_logits=logits.float().cpu(), forward_passes=passes)
 
     def decode(self, cache: Any, first_token: int, max_new_tokens: int) -> list[int]:
         """Greedy-decode after the prefill; ``first_token`` is the argmax of its logits.
@@ -206,7 +208,7 @@ class ModelRunner:
         with torch.inference_mode():
             while len(out) < max_new_tokens and token != self.eos_token_id:
                 step = self.model(
-                    input_ids=torch.tensor([[token]], dtype=torch.long),
+                    input_ids=torch.tensor([[token]], dtype=torch.long, device=self.device),
                     **{self._cache_kw: cache},
                     use_cache=True,
                 )

@@ -68,6 +68,24 @@ Exceptions (probes)::
     └── ProbeConfigError     a deployment, injector, monitor or load option is out of range
     llmsys.core.errors.ResourceError (RuntimeError)
     └── DeploymentError      a deployment failed to start, died, or never became ready
+
+Campaigns (issue 13)
+--------------------
+A :class:`CampaignConfig` (TOML, :func:`load_campaign_config`; unknown keys are errors) names
+co-located deployments, one :class:`StressConfig` they all get, :class:`SamplingConfig` and
+:class:`AnalysisSettings` (metric family, alpha, correction). :func:`run_campaign` creates a
+:class:`CampaignStore` directory and runs segment 0 (monitor fsync'ed every interval,
+supervisor recording crashes and restarting); :func:`resume_campaign` appends a segment,
+adopting deployments a killed runner left alive; :func:`analyze_campaign` merges the
+segments and runs :func:`analyze_family` into :class:`Verdict` s (:class:`VerdictKind`)
+set against the control; :func:`write_report` writes HTML, Markdown and PNG plots.
+
+Exceptions (campaigns)::
+
+    llmsys.core.errors.ConfigError (ValueError)
+    └── CampaignConfigError  a campaign option is unknown, missing or out of range
+    llmsys.core.errors.InputError (ValueError)
+    └── CampaignError        a campaign directory is missing, foreign, complete or unusable
 """
 
 from llmsys.aging.analyze import (
@@ -79,6 +97,17 @@ from llmsys.aging.analyze import (
     analyze_metric,
 )
 from llmsys.aging.autocorr import aggregate_time_bins, hamed_rao_var_s, sieve_bootstrap_var_s
+from llmsys.aging.campaign import SegmentResult, resume_campaign, run_campaign
+from llmsys.aging.campaign_config import (
+    AnalysisSettings,
+    CampaignConfig,
+    CampaignConfigError,
+    CampaignError,
+    SamplingConfig,
+    StressConfig,
+    load_campaign_config,
+)
+from llmsys.aging.campaign_store import CampaignStore
 from llmsys.aging.changepoint import ChangePoints, detect_changepoints
 from llmsys.aging.csvio import Deployment, load_deployment_csv
 from llmsys.aging.deployments import (
@@ -120,6 +149,13 @@ from llmsys.aging.openai_api import OpenAIServer, TextEngine
 from llmsys.aging.openai_server import GcMode, ServerConfig, TransformersEngine, serve_llmsys
 from llmsys.aging.probe_errors import DeploymentError, ProbeConfigError
 from llmsys.aging.procfs import ProcessTree
+from llmsys.aging.report import (
+    CampaignAnalysis,
+    Verdict,
+    VerdictKind,
+    analyze_campaign,
+    write_report,
+)
 from llmsys.aging.sen_slope import SenSlope, pairwise_slope_order_stats, sen_slope, sen_slope_ci
 from llmsys.aging.stats_errors import CsvFormatError, SeriesError, StatsConfigError
 from llmsys.aging.trend import TrendConfig, TrendMethod, TrendTest, trend_test
@@ -127,7 +163,13 @@ from llmsys.aging.trend import TrendConfig, TrendMethod, TrendTest, trend_test
 __all__ = [
     "Alternative",
     "AnalysisConfig",
+    "AnalysisSettings",
     "ArrivalProcess",
+    "CampaignAnalysis",
+    "CampaignConfig",
+    "CampaignConfigError",
+    "CampaignError",
+    "CampaignStore",
     "ChangePoints",
     "Correction",
     "CsvFormatError",
@@ -162,19 +204,25 @@ __all__ = [
     "ProcessTree",
     "RecordingGpuBackend",
     "ReplayGpuBackend",
+    "SamplingConfig",
+    "SegmentResult",
     "SenSlope",
     "SeriesError",
     "ServerConfig",
     "StatsConfigError",
+    "StressConfig",
     "TextEngine",
     "TimeToExhaustion",
     "TransformersEngine",
     "TrendConfig",
     "TrendMethod",
     "TrendTest",
+    "Verdict",
+    "VerdictKind",
     "WorkSlopes",
     "adjust_log10_p",
     "aggregate_time_bins",
+    "analyze_campaign",
     "analyze_family",
     "analyze_metric",
     "classify_growth",
@@ -184,10 +232,13 @@ __all__ = [
     "hamed_rao_var_s",
     "llama_cpp_available",
     "llama_server_command",
+    "load_campaign_config",
     "load_deployment_csv",
     "mann_kendall",
     "mann_kendall_s",
     "pairwise_slope_order_stats",
+    "resume_campaign",
+    "run_campaign",
     "run_load",
     "sen_slope",
     "sen_slope_ci",
@@ -199,4 +250,5 @@ __all__ = [
     "time_to_exhaustion",
     "trend_test",
     "work_slopes",
+    "write_report",
 ]

@@ -25,12 +25,18 @@ from llmsys.core.errors import ConfigError
 def register(sub: Any) -> None:
     """Add the ``aging`` subcommand and its children to ``sub`` (an argparse subparsers object)."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        "aging", help="aging commands", description="aging commands"
+        "aging",
+        help="software-aging campaigns for LLM serving: probes, load, trend statistics",
+        description="Software aging of LLM serving: start real servers and ground-truth "
+        "injectors (serve), sample their memory and resources (monitor), drive them with a "
+        "seeded soak load (load), and judge trends with statistics that hold under "
+        "autocorrelation and multiple testing (analyze).",
     )
     children = parser.add_subparsers(dest="aging_command", metavar="COMMAND")
     children.required = True
     register_analyze(children)
     register_probes(children)
+    register_campaign(children)
 
 
 def register_analyze(children: Any) -> None:
@@ -387,4 +393,126 @@ def _load(args: argparse.Namespace) -> int:
     summary = dataclasses.asdict(result[0])
     summary["out_dir"] = str(summary["out_dir"])
     print(json.dumps(summary))
+    return 0
+
+
+# ----------------------------------------------------------------------- campaigns (issue 13)
+def register_campaign(children: Any) -> None:
+    """Add ``run``, ``resume`` and ``report`` (aging campaigns) to ``children``."""
+    run = children.add_parser(
+        "run",
+        help="run an aging campaign from a TOML config into a campaign directory",
+        description=(
+            "Start every deployment of CONFIG (co-located), sample them with the monitor "
+            "(fsync'ed every sampling interval), supervise them (a crash is recorded and "
+            "restarted if configured) and load them all with the same stress for duration_s. "
+            "Ctrl-C ends the segment cleanly; 'resume DIR' continues it, also after kill -9. "
+            "Writes the report at the end unless --no-report."
+        ),
+    )
+    run.add_argument("config", type=Path, metavar="CONFIG", help="campaign TOML file")
+    run.add_argument(
+        "--out", type=Path, default=None, help="campaign directory (results/aging/NAME)"
+    )
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.set_defaults(handler=_campaign_run)
+    resume = children.add_parser(
+        "resume",
+        help="continue an interrupted campaign in DIR",
+        description=(
+            "Open a new run segment in DIR: adopt deployments the killed runner left alive "
+            "(same PID and start time, healthy), start the others, and run the stress time "
+            "that is left. Appends; nothing already written is changed."
+        ),
+    )
+    resume.add_argument("dir", type=Path, metavar="DIR", help="campaign directory")
+    resume.add_argument("--no-report", action="store_true", help="do not write the report")
+    resume.set_defaults(handler=_campaign_resume)
+    report = children.add_parser(
+        "report",
+        help="write the HTML/Markdown report of the campaign in DIR",
+        description=(
+            "Merge the segments, run the trend pipeline over the configured family "
+            "(every deployment x metric), and write DIR/report/report.html, report.md, "
+            "plots/*.png and verdicts.json. The HTML needs no network."
+        ),
+    )
+    report.add_argument("dir", type=Path, metavar="DIR", help="campaign directory")
+    report.set_defaults(handler=_campaign_report)
+
+
+def _campaign_progress(total_s: float) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=round(total_s), unit="s", desc="stress", file=sys.stderr, disable=None)
+
+
+def _campaign_segment(start: Any, total_s: float, no_report: bool, root: Path) -> int:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    bar = _campaign_progress(total_s)
+
+    def progress(done_s: float, _total_s: float) -> None:
+        bar.n = round(done_s)
+        bar.refresh()
+
+    try:
+        result = start(progress, stop)
+    except KeyboardInterrupt:
+        stop.set()
+        print(f"interrupted; continue with: llmsys aging resume {root}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    state = (
+        "complete" if result.complete else f"incomplete (resume with: llmsys aging resume {root})"
+    )
+    print(f"segment {result.segment}: {result.stress_done_s:.0f} s of stress done, {state}; "
+          f"crashes {result.crashes}, adopted {list(result.adopted)}")  # fmt: skip
+    if result.complete and not no_report:
+        return _campaign_report(argparse.Namespace(dir=root))
+    return 0
+
+
+def _campaign_run(args: argparse.Namespace) -> int:
+    from llmsys.aging.campaign import run_campaign
+    from llmsys.aging.campaign_config import load_campaign_config
+
+    config = load_campaign_config(args.config)
+    root = args.out or Path("results/aging") / config.name
+    return _campaign_segment(
+        lambda progress, stop: run_campaign(config, root, progress, stop),
+        config.duration_s,
+        args.no_report,
+        root,
+    )
+
+
+def _campaign_resume(args: argparse.Namespace) -> int:
+    from llmsys.aging.campaign import resume_campaign
+    from llmsys.aging.campaign_store import CampaignStore
+
+    config = CampaignStore(args.dir).config()
+    return _campaign_segment(
+        lambda progress, stop: resume_campaign(args.dir, progress, stop),
+        config.duration_s,
+        args.no_report,
+        args.dir,
+    )
+
+
+def _campaign_report(args: argparse.Namespace) -> int:
+    from llmsys.aging.report import analyze_campaign, write_report
+
+    analysis = analyze_campaign(args.dir)
+    paths = write_report(args.dir, analysis)
+    for v in analysis.verdicts:
+        per_1k = "-" if v.slope_per_1k_requests is None else f"{v.slope_per_1k_requests:.4g}"
+        print(f"{v.deployment:<16} {v.metric:<14} {v.verdict.value:<10} {v.growth.value:<10} "
+              f"slope/h {v.slope_per_h:.4g}  per 1k req {per_1k}")  # fmt: skip
+    print(f"report: {paths['html']}")
     return 0

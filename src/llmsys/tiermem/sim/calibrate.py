@@ -239,6 +239,10 @@ def _profile(
     )
 
 
+_LOW = np.log([1e-6, 0.2, 0.2])
+_HIGH = np.log([1.0, 5.0, 5.0])
+
+
 def _measured(summary: dict[str, Any], ratios: Sequence[int]) -> dict[tuple[str, str], float]:
     thr = summary.get("throughput_rps")
     if not isinstance(thr, dict):
@@ -278,8 +282,14 @@ def calibrate_profile(
     configs = [CacheConfig(c) for c in sorted({c for c, _ in seen | unseen.keys()})]
     options = ReplayOptions(lookahead=lookahead)
 
+    def scales(params: np.ndarray) -> tuple[float, float, float]:
+        # plausible ranges: a per-request cost up to 1 s, compute and transfers within 5x
+        # of their microbenchmarks (noisy runs otherwise drive a scale to 0 or infinity)
+        overhead, compute, io = np.exp(np.clip(params, _LOW, _HIGH))
+        return float(overhead), float(compute), float(io)
+
     def predict(params: np.ndarray, ratios: Sequence[int]) -> dict[tuple[str, str], float]:
-        overhead, compute, io = (float(x) for x in np.exp(params))
+        overhead, compute, io = scales(params)
         comp = simulate(
             requests,
             _profile(measurements, overhead, compute, io),
@@ -299,7 +309,7 @@ def calibrate_profile(
     errors: dict[str, dict[str, float]] = {}
     for (cfg, ratio), value in sorted(unseen.items()):
         errors.setdefault(cfg, {})[ratio] = (sim[(cfg, ratio)] - value) / value
-    overhead, compute, io = (float(x) for x in np.exp(fit.x))
+    overhead, compute, io = scales(fit.x)
     profile = _profile(measurements, overhead, compute, io)
     sources = {
         "prefill": "non-negative least squares over 7 prefill timings of the bundled model on "

@@ -31,11 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="trace window length")
     parser.add_argument("--skip", type=int, default=2500, help="trace window start")
     parser.add_argument("--ratios", default=None, help="comma-separated ratios")
+    parser.add_argument(
+        "--serve-repeats", type=int, default=3, help="interleaved repetitions (medians)"
+    )
     args = parser.parse_args(argv)
     ratios = (
         tuple(int(x) for x in args.ratios.split(","))
         if args.ratios
-        else ((1, 2, 4, 8) if args.full else (4, 8))
+        else ((1, 2, 4, 8) if args.full else (4,))
     )
     options = ServingBenchOptions(
         workload=Workload(args.workload),
@@ -46,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios=ratios,
         miss_requests=4,
         repeats=5 if args.full else 3,
+        serve_repeats=args.serve_repeats,
     )
 
     def progress(label: str, done: int, total: int) -> None:

@@ -49,7 +49,8 @@ def _runner(config: Path, root: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-m", "llmsys.cli.main", "aging", "run", str(config)]
+    boot = "import sys; from llmsys.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", boot, "aging", "run", str(config)]
     return subprocess.Popen(
         [*argv, "--out", str(root), "--no-report"],
         env=env,

@@ -128,3 +128,16 @@ def test_report_is_self_contained_html_markdown_and_plots(campaign: Path) -> Non
     assert "| leak | rss_bytes | aging | linear |" in md
     doc = json.loads(paths["json"].read_text())
     assert {v["verdict"] for v in doc["verdicts"]} == {"aging", "bounded", "clean"}
+
+
+def test_cli_report_writes_the_report_and_rejects_a_foreign_dir(
+    campaign: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmsys.cli.main import main
+
+    assert main(["aging", "report", str(campaign)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"leak\s+rss_bytes\s+aging\s+linear", out)
+    assert main(["aging", "report", str(tmp_path)]) == 2
+    assert "not a campaign directory" in capsys.readouterr().err
+    assert main(["aging", "resume", str(tmp_path)]) == 2

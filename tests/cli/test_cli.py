@@ -27,9 +27,7 @@ DOCTOR_KEYS = {
 
 
 def test_help_exits_zero_and_lists_systems() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "llmsys", "--help"], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "llmsys", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for name in ("tiermem", "moe", "aging", "demo", "doctor"):
         assert name in out.stdout

@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ import psutil
 
 from llmsys.aging.campaign_config import CampaignConfig, CampaignError
 from llmsys.aging.campaign_store import CampaignStore
-from llmsys.aging.deployments import DeploymentProcess, DeploymentSpec
+from llmsys.aging.deployments import DeploymentKind, DeploymentProcess, DeploymentSpec
 from llmsys.aging.loadgen import LoadProgress, run_load
 from llmsys.aging.monitor import Monitor, MonitorTarget
 from llmsys.aging.probe_errors import DeploymentError
@@ -124,12 +125,14 @@ class _Member:
 
 
 def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
+    """The port of ``http://host:port``; 0 (pick a free one) when the URL names none."""
+    port = urllib.parse.urlsplit(url).port
+    return port if port is not None else 0
 
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -225,7 +228,8 @@ def _adoptable(store: CampaignStore) -> dict[str, dict[str, Any]]:
 def _bring_up(store: CampaignStore, member: _Member, segment: int, prior: dict[str, Any]) -> str:
     """Adopt the deployment left alive by a killed runner, or start it. Returns how."""
     pid, url = prior.get("pid"), prior.get("url")
-    if pid is not None and url is not None:
+    # an external deployment is never adopted (adoption means llmsys may stop it later)
+    if pid is not None and url is not None and member.spec.kind is not DeploymentKind.EXTERNAL:
         same = _pid_record(pid)["create_time"] == prior.get("create_time")
         if same and _alive(pid):
             health = DeploymentProcess(replace(member.spec, port=_port(url))).health_url
@@ -280,7 +284,9 @@ def _run_segment(
             daemon=True,
         )
         supervisor.start()
-        if remaining > 0 and not stop.wait(config.baseline_s):
+        # a baseline only where a process is new: adopted ones are already in steady state
+        baseline_s = config.baseline_s if len(adopted) < len(members) else 0.0
+        if remaining > 0 and not stop.wait(baseline_s):
             stress_s = _stress(
                 store, config, members, segment, remaining, done_before, progress, stop
             )

@@ -206,7 +206,8 @@ class CampaignConfig:
     duration_s: float
     """Seconds of stress, summed over run segments (a resume runs what is left)."""
     baseline_s: float = 2.0
-    """Seconds sampled before the stress starts in each run segment, >= 0."""
+    """Seconds sampled before the stress starts in a run segment that started a process
+    (not when every deployment was adopted alive on resume), >= 0."""
     restart_on_crash: bool = True
     """Supervision: restart a deployment that exits (the crash is recorded either way)."""
     max_restarts: int = 3

@@ -214,20 +214,30 @@ def _plot(
 
     fig, ax = plt.subplots(figsize=(7.0, 3.2), dpi=100)
     scale = _MIB if metric.endswith("_bytes") else 1.0
+    dep = analysis.deployments[name]
+    span_s = float(dep.t_s[-1])
+    t_unit, t_div = ("h", 3600.0) if span_s > 3 * 3600 else ("min", 60.0)
+    if span_s <= 600:
+        t_unit, t_div = "s", 1.0
     ctrl = analysis.deployments[analysis.control]
     if name != analysis.control:
         ok = np.isfinite(ctrl.metrics[metric])
-        ax.plot(ctrl.t_s[ok] / 3600, ctrl.metrics[metric][ok] / scale, color="0.6", lw=1,
+        ax.plot(ctrl.t_s[ok] / t_div, ctrl.metrics[metric][ok] / scale, color="0.6", lw=1,
                 label=f"{analysis.control} (control)")  # fmt: skip
-    dep = analysis.deployments[name]
     ok = np.isfinite(dep.metrics[metric])
-    ax.plot(dep.t_s[ok] / 3600, dep.metrics[metric][ok] / scale, color="C0", lw=1.2, label=name)
+    ax.plot(dep.t_s[ok] / t_div, dep.metrics[metric][ok] / scale, color="C0", lw=1.2, label=name)
+    # crashes (red), restarts and adoptions (orange), later run segments (grey)
     for ev in analysis.events:
-        if ev.get("name") == name and ev["event"] in ("crash", "deployment_up"):
-            ax.axvline(store.to_campaign_s(ev["wall_time_s"]) / 3600, color="C3", ls=":", lw=1)
+        x = store.to_campaign_s(ev.get("wall_time_s", 0.0)) / t_div
+        if ev.get("name") == name and ev["event"] == "crash":
+            ax.axvline(x, color="C3", ls=":", lw=1.2)
+        elif ev.get("name") == name and ev.get("how") in ("restarted", "adopted"):
+            ax.axvline(x, color="C1", ls="--", lw=1)
+        elif ev["event"] == "segment_start" and ev.get("segment", 0) > 0:
+            ax.axvline(x, color="0.4", ls="-.", lw=0.8)
     v = analysis.verdict(name, metric)
     ax.set_title(f"{name} / {metric}: {v.verdict.value} ({v.growth.value})", fontsize=9)
-    ax.set_xlabel("campaign time (h)")
+    ax.set_xlabel(f"campaign time ({t_unit})")
     ax.set_ylabel(metric.replace("_bytes", " (MiB)"))
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

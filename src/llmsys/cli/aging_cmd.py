@@ -407,7 +407,7 @@ def register_campaign(children: Any) -> None:
             "(fsync'ed every sampling interval), supervise them (a crash is recorded and "
             "restarted if configured) and load them all with the same stress for duration_s. "
             "Ctrl-C ends the segment cleanly; 'resume DIR' continues it, also after kill -9. "
-            "Writes the report at the end unless --no-report."
+            "Writes the report at the end unless --no-report. " + _campaign_keys()
         ),
     )
     run.add_argument("config", type=Path, metavar="CONFIG", help="campaign TOML file")
@@ -439,6 +439,26 @@ def register_campaign(children: Any) -> None:
     )
     report.add_argument("dir", type=Path, metavar="DIR", help="campaign directory")
     report.set_defaults(handler=_campaign_report)
+
+
+def _campaign_keys() -> str:
+    """The TOML tables and keys, from the config dataclasses (so help and code agree)."""
+    from llmsys.aging.campaign_config import (
+        AnalysisSettings,
+        CampaignConfig,
+        SamplingConfig,
+        StressConfig,
+    )
+    from llmsys.aging.deployments import DeploymentSpec
+
+    tables: dict[str, Any] = {"top level": CampaignConfig, "[sampling]": SamplingConfig}
+    tables |= {"[stress]": StressConfig, "[analysis]": AnalysisSettings}
+    tables["[[deployments]]"] = DeploymentSpec
+    skip = {"deployments", "sampling", "stress", "analysis"}
+    return "Config keys - " + "; ".join(
+        f"{t}: {', '.join(f for f in c.__dataclass_fields__ if f not in skip)}"
+        for t, c in tables.items()
+    )
 
 
 def _campaign_progress(total_s: float) -> Any:

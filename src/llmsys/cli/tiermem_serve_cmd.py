@@ -88,6 +88,13 @@ def add_bench(children: Any) -> None:
         default=4,
         help="no-reuse requests for the miss-path overhead; 0 skips (default: 4)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="interleaved repetitions of every configuration; throughput is their median "
+        "(default: %(default)s)",
+    )
     p.add_argument("--work-dir", type=Path, help="where SSD tiers keep their files")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.set_defaults(handler=_bench)
@@ -118,6 +125,7 @@ def _bench(args: argparse.Namespace) -> int:
         lookahead=args.lookahead,
         miss_requests=args.miss_requests,
         work_dir=args.work_dir,
+        serve_repeats=args.repeats,
     )
     console = Console(stderr=True)
     with Progress(

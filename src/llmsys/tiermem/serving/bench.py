@@ -72,6 +72,8 @@ class ServingBenchOptions:
     """Requests of the no-reuse workload used for the miss-path overhead (0: skip)."""
     repeats: int = 3
     """Interleaved repeats of the miss-path measurement (medians)."""
+    serve_repeats: int = 1
+    """Interleaved repetitions of every configuration; throughput is their median."""
     threads: int = 1
     """torch intra-op threads (1 keeps two-core timings stable)."""
     device: str = "auto"
@@ -93,8 +95,8 @@ class ServingBenchOptions:
             raise ConfigError("ratios must be integers >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.lookahead < 1 or self.threads < 1 or self.repeats < 1:
-            raise ConfigError("lookahead, threads and repeats must be >= 1")
+        if min(self.lookahead, self.threads, self.repeats, self.serve_repeats) < 1:
+            raise ConfigError("lookahead, threads, repeats and serve_repeats must be >= 1")
         if self.max_new_tokens < 1 or self.miss_requests < 0 or self.skip < 0:
             raise ConfigError("max_new_tokens must be >= 1; miss_requests and skip >= 0")
 
@@ -168,6 +170,7 @@ def run_serving_bench(
         work_dir=options.work_dir,
         progress=progress,
         repeats=options.repeats,
+        serve_repeats=options.serve_repeats,
     )
     headline = 4 if 4 in options.ratios else max(options.ratios)
     summary = result.summary(headline)

@@ -86,7 +86,9 @@ class ComparisonResult:
     footprint_bytes: int
     block_bytes: int
     runs: dict[str, dict[str, ServeResult]]
-    """``{config: {ratio or "-": result}}``."""
+    """``{config: {ratio or "-": result}}`` of the first repetition (hits, correctness)."""
+    repeats: dict[str, dict[str, list[ServeResult]]]
+    """Every repetition of each run, interleaved across configurations (timings)."""
     reads: dict[str, dict[str, tuple[int, int]]]
     """``{config: {ratio: (lower-tier block reads, block hops needed)}}``."""
     miss_path: dict[str, float]
@@ -97,10 +99,13 @@ class ComparisonResult:
         thr: dict[str, dict[str, float]] = {}
         p50: dict[str, dict[str, float]] = {}
         p99: dict[str, dict[str, float]] = {}
-        for cfg, by_ratio in self.runs.items():
-            for ratio, res in by_ratio.items():
-                ttfts = [r.ttft_s for r in res.results]
-                thr.setdefault(cfg, {})[ratio] = res.throughput_rps
+        for cfg, by_ratio in self.repeats.items():
+            for ratio, reps in by_ratio.items():
+                # medians over interleaved repetitions: two cores are noisy
+                ttfts = [r.ttft_s for res in reps for r in res.results]
+                thr.setdefault(cfg, {})[ratio] = statistics.median(
+                    res.throughput_rps for res in reps
+                )
                 p50.setdefault(cfg, {})[ratio] = float(np.percentile(ttfts, 50))
                 p99.setdefault(cfg, {})[ratio] = float(np.percentile(ttfts, 99))
         r = str(headline_ratio)
@@ -147,26 +152,27 @@ class ComparisonResult:
         mismatched = near_ties = 0
         max_diff = 0.0
         by_config: dict[str, int] = {}
-        for cfg, by_ratio in self.runs.items():
-            if cfg == "recompute":
-                continue
-            for ratio, res in by_ratio.items():
-                for a, b in zip(ref.results, res.results, strict=True):
-                    if a.first_logits is not None and b.first_logits is not None:
-                        if not torch.equal(a.first_logits, b.first_logits):
-                            label = f"{cfg}@{ratio}"
-                            by_config[label] = by_config.get(label, 0) + 1
-                    if a.first_logits is not None and b.first_logits is not None:
-                        max_diff = max(
-                            max_diff, float((a.first_logits - b.first_logits).abs().max())
-                        )
-                    if a.output_ids == b.output_ids:
-                        continue
-                    top2 = a.first_logits.topk(2).values if a.first_logits is not None else None
-                    if top2 is not None and float(top2[0] - top2[1]) < NEAR_TIE:
-                        near_ties += 1
-                    else:
-                        mismatched += 1
+        every_run = (
+            (cfg, ratio, res)
+            for cfg, by_ratio in self.repeats.items()
+            if cfg != "recompute"
+            for ratio, reps in by_ratio.items()
+            for res in reps
+        )
+        for cfg, ratio, res in every_run:
+            for a, b in zip(ref.results, res.results, strict=True):
+                if a.first_logits is not None and b.first_logits is not None:
+                    max_diff = max(max_diff, float((a.first_logits - b.first_logits).abs().max()))
+                    if not torch.equal(a.first_logits, b.first_logits):
+                        label = f"{cfg}@{ratio}"
+                        by_config[label] = by_config.get(label, 0) + 1
+                if a.output_ids == b.output_ids:
+                    continue
+                top2 = a.first_logits.topk(2).values if a.first_logits is not None else None
+                if top2 is not None and float(top2[0] - top2[1]) < NEAR_TIE:
+                    near_ties += 1
+                else:
+                    mismatched += 1
         return {
             "mismatched_outputs": mismatched,
             "near_ties": near_ties,
@@ -222,6 +228,7 @@ def compare_configs(
     work_dir: Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     repeats: int = 3,
+    serve_repeats: int = 1,
 ) -> ComparisonResult:
     """Serve ``requests`` under each configuration and ratio; see the module docstring.
 
@@ -234,25 +241,36 @@ def compare_configs(
         raise ValueError("ratios must be >= 1")
     block_tokens = namespace.block_tokens
     footprint = distinct_blocks(requests, block_tokens) * namespace.block_bytes
+    if serve_repeats < 1:
+        raise ValueError("serve_repeats must be >= 1")
     runs: dict[str, dict[str, ServeResult]] = {}
+    all_runs: dict[str, dict[str, list[ServeResult]]] = {}
     reads: dict[str, dict[str, tuple[int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="itme-serve-", dir=work_dir) as tmp:
-        for cfg in configs:
-            for ratio in ratios if cfg.depends_on_ratio else [0]:
-                label = str(ratio) if cfg.depends_on_ratio else "-"
-                tick = _ticker(progress, f"{cfg.value} r={label}", len(requests))
-                res, read = _serve(
-                    runner,
-                    namespace,
-                    requests,
-                    cfg,
-                    footprint,
-                    max(ratio, 1),
-                    Path(tmp) / f"{cfg.value}-{label}",
-                    lookahead,
-                    tick,
-                )
-                res.extra["block_tokens"] = block_tokens
+        plan = [
+            (rep, cfg, ratio)
+            for rep in range(serve_repeats)  # interleaved: each repetition visits all
+            for cfg in configs
+            for ratio in (ratios if cfg.depends_on_ratio else [0])
+        ]
+        for rep, cfg, ratio in plan:
+            label = str(ratio) if cfg.depends_on_ratio else "-"
+            name = f"{cfg.value} r={label}" + (f" #{rep + 1}" if serve_repeats > 1 else "")
+            tick = _ticker(progress, name, len(requests))
+            res, read = _serve(
+                runner,
+                namespace,
+                requests,
+                cfg,
+                footprint,
+                max(ratio, 1),
+                Path(tmp) / f"{cfg.value}-{label}-{rep}",
+                lookahead,
+                tick,
+            )
+            res.extra["block_tokens"] = block_tokens
+            all_runs.setdefault(cfg.value, {}).setdefault(label, []).append(res)
+            if rep == 0:
                 runs.setdefault(cfg.value, {})[label] = res
                 reads.setdefault(cfg.value, {})[label] = read
         miss_path: dict[str, float] = {}
@@ -273,7 +291,7 @@ def compare_configs(
                     )
                     walls[cfg.value].append(res.wall_s)
             miss_path = {k: statistics.median(v) for k, v in walls.items()}
-    return ComparisonResult(footprint, namespace.block_bytes, runs, reads, miss_path)
+    return ComparisonResult(footprint, namespace.block_bytes, runs, all_runs, reads, miss_path)
 
 
 def _ticker(

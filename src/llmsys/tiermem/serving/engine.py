@@ -23,6 +23,7 @@ from llmsys.tiermem.serving.connector import TieredKVConnector
 from llmsys.tiermem.serving.foresight import ForesightPrefetcher
 from llmsys.tiermem.serving.runner import ModelRunner
 from llmsys.tiermem.serving.workloads import Request
+from llmsys.tiermem.store import LoadHandle
 from llmsys.tiermem.tiers.base import TierKind
 
 __all__ = ["RequestResult", "ServeResult", "ServingEngine"]
@@ -97,18 +98,22 @@ class ServingEngine:
         results: list[RequestResult] = []
         started = time.perf_counter()
         for i, request in enumerate(requests):
+            foresight_pins = None
             if self.prefetcher is not None and self.connector is not None:
+                # take this request's plan first: planning the next window would otherwise
+                # cancel it as no longer upcoming
+                foresight_pins = self.prefetcher.take(request.request_id)
                 upcoming = requests[i + 1 : i + 1 + self.prefetcher.lookahead]
                 self.prefetcher.plan(
                     [(r.request_id, self.connector.block_keys(r)) for r in upcoming]
                 )
-            results.append(self._serve_one(request))
+            results.append(self._serve_one(request, foresight_pins))
             if progress is not None:
                 progress(i + 1)
         wall = time.perf_counter() - started
         return ServeResult(results=results, wall_s=wall)
 
-    def _serve_one(self, request: Request) -> RequestResult:
+    def _serve_one(self, request: Request, foresight_pins: LoadHandle | None) -> RequestResult:
         t0 = time.perf_counter()
         conn = self.connector
         cached_tokens = 0
@@ -118,9 +123,6 @@ class ServingEngine:
         else:
             matched = conn.get_num_new_matched_tokens(request)
             conn.update_state_after_alloc(request, matched)
-            foresight_pins = (
-                self.prefetcher.take(request.request_id) if self.prefetcher is not None else None
-            )
             if foresight_pins is not None:  # our own pins now hold the blocks
                 conn.store.complete_load(foresight_pins)
             state = conn.start_load_kv(request)

@@ -276,6 +276,9 @@ def replay(
     save_lag = 0.0
     try:
         for i, req in enumerate(requests):
+            # take this request's plan before planning the next window, which would
+            # otherwise cancel it as no longer upcoming
+            pins = planner.take(req.request_id) if planner is not None else None
             if planner is not None:
                 upcoming = requests[i + 1 : i + 1 + planner.lookahead]
                 jobs = planner.plan([(r.request_id, r.keys) for r in upcoming])
@@ -292,7 +295,6 @@ def replay(
                 hit = store.lookup(req.keys[:usable])
                 matched = profile.usable_cached_tokens(hit.num_blocks * bt, req.prompt_tokens)
                 handle = store.prepare_load(req.keys[: matched // bt])
-                pins = planner.take(req.request_id) if planner is not None else None
                 if pins is not None:
                     store.complete_load(pins)
                 loaded = store.read(handle, [None] * len(handle.keys)) if handle.keys else 0

@@ -145,7 +145,7 @@ def _serving_demo(out_dir: pathlib.Path) -> list[str]:
     from llmsys.tiermem.serving import CacheConfig, ServingBenchOptions, run_serving_bench
 
     options = ServingBenchOptions(
-        footprint_mib=24.0,
+        footprint_mib=60.0,
         ratios=(4,),
         configs=(CacheConfig.RECOMPUTE, CacheConfig.CPU_OFFLOAD, CacheConfig.ITME),
         miss_requests=0,

@@ -149,16 +149,23 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(summary: dict[str, Any]) -> None:
-    """Print the comparison as a table on stdout."""
+def print_comparison_table(summary: dict[str, Any], title: str, prefix: str = "") -> None:
+    """Print a five-configuration comparison (real or simulated) as a table on stdout.
+
+    ``prefix`` labels the timing columns (``"sim "`` for simulated figures).
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"tiermem serving - {summary['workload']}, {summary['requests']} requests, "
-        f"footprint {summary['footprint_bytes'] / 2**20:.1f} MiB"
-    )
-    for col in ("config", "ratio", "req/s", "TTFT p50 s", "TTFT p99 s", "hits by tier"):
+    table = Table(title=title)
+    for col in (
+        "config",
+        "ratio",
+        f"{prefix}req/s",
+        f"{prefix}TTFT p50 s",
+        f"{prefix}TTFT p99 s",
+        "hits by tier",
+    ):
         table.add_column(col)
     for cfg, by_ratio in summary["throughput_rps"].items():
         for ratio, thr in by_ratio.items():
@@ -172,6 +179,15 @@ def print_table(summary: dict[str, Any]) -> None:
                 " ".join(f"{k}:{v:.0%}" for k, v in hits.items()) or "-",
             )
     Console().print(table)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """Print the measured comparison as a table on stdout, then its headline keys."""
+    print_comparison_table(
+        summary,
+        f"tiermem serving - {summary['workload']}, {summary['requests']} requests, "
+        f"footprint {summary['footprint_bytes'] / 2**20:.1f} MiB",
+    )
     for key in (
         "speedup_itme_vs_cpu_offload",
         "speedup_unbounded_vs_cpu_offload",

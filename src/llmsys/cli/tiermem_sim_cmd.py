@@ -119,27 +119,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def print_sim_table(summary: dict[str, Any]) -> None:
     """Print a simulated comparison as a table on stdout, labelled simulated."""
-    from rich.console import Console
-    from rich.table import Table
+    from llmsys.cli.tiermem_serve_cmd import print_comparison_table
 
-    table = Table(
-        title=f"SIMULATED tiermem serving - profile {summary['profile']}, "
-        f"{summary['requests']} requests, footprint {summary['footprint_bytes'] / 2**30:.1f} GiB"
+    print_comparison_table(
+        summary,
+        f"SIMULATED tiermem serving - profile {summary['profile']}, {summary['requests']} "
+        f"requests, footprint {summary['footprint_bytes'] / 2**30:.1f} GiB",
+        prefix="sim ",
     )
-    for col in ("config", "ratio", "sim req/s", "sim TTFT p50 s", "sim TTFT p99 s", "hits"):
-        table.add_column(col)
-    for cfg, by_ratio in summary["throughput_rps"].items():
-        for ratio, thr in by_ratio.items():
-            hits = summary["hit_rate_by_tier"].get(cfg, {}).get(ratio, {})
-            table.add_row(
-                cfg,
-                ratio,
-                f"{thr:.3f}",
-                f"{summary['ttft_p50_s'][cfg][ratio]:.3f}",
-                f"{summary['ttft_p99_s'][cfg][ratio]:.3f}",
-                " ".join(f"{k}:{v:.0%}" for k, v in hits.items()) or "-",
-            )
-    Console().print(table)
     for ratio, value in summary["speedup_itme_vs_cpu_offload_by_ratio"].items():
         cap = summary["speedup_unbounded_vs_cpu_offload_by_ratio"].get(ratio)
         gain = f"{(value - 1) * 100:+.1f}%" if value else "-"

@@ -10,7 +10,8 @@ from typing import Any
 from llmsys.core.errors import ConfigError
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def comma_ints(text: str) -> tuple[int, ...]:
+    """argparse type: ``"1,2,4"`` -> ``(1, 2, 4)``; raises ArgumentTypeError otherwise."""
     try:
         values = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
@@ -66,7 +67,7 @@ def add_bench(children: Any) -> None:
     )
     p.add_argument(
         "--ratios",
-        type=_ints,
+        type=comma_ints,
         default=(1, 2, 4, 8),
         help="footprint / dram ratios, comma-separated (default: 1,2,4,8)",
     )

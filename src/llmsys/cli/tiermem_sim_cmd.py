@@ -7,19 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmsys.cli.tiermem_serve_cmd import comma_ints
 from llmsys.core.errors import ConfigError, InputError
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
 
 
 def add_simulate(children: Any) -> None:
@@ -42,7 +31,7 @@ def add_simulate(children: Any) -> None:
     )
     p.add_argument(
         "--ratios",
-        type=_ints,
+        type=comma_ints,
         default=(1, 2, 4, 8),
         help="footprint / dram ratios, comma-separated (default: 1,2,4,8)",
     )

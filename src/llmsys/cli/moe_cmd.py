@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from llmsys.cli.moe_lm_cmd import register_lm
 from llmsys.core.errors import InputError
 
 POLICIES = ("foremoe", "eplb", "reactive", "static", "milp")
@@ -29,6 +30,7 @@ def register(sub: Any) -> None:
     children.required = True
     _register_plan(children)
     _register_simulate(children)
+    register_lm(children)
 
 
 def _register_plan(children: Any) -> None:

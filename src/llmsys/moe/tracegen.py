@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -190,7 +191,9 @@ def load_trace(path: Path) -> RoutingTrace:
             stages = tuple(Stage(str(s)) for s in data["stages"])
             shape = ModelShape(**json.loads(str(data["shape"])))
             tokens = int(data["tokens_per_micro"])
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: not a routing trace npz ({exc})") from exc
     if loads.dtype.kind not in "iu":
         raise InputError(f"{path}: trace loads must be integers, got {loads.dtype}")

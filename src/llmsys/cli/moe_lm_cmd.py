@@ -55,6 +55,13 @@ def register_lm(children: Any) -> None:
     r.add_argument("--micro-batch-seqs", type=int, default=4, help="sequences per micro-step")
     r.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per RL step")
     r.add_argument("--no-replay", action="store_true", help="route afresh in recompute/update")
+    r.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="compute dtype (default float64: recompute then matches rollout log-probs to "
+        "1e-12; float32 is about 3x faster and differs by up to ~3e-5)",
+    )
     r.add_argument("--seed", type=int, default=0, help="seed")
     r.add_argument("--json", action="store_true", help="last line: one JSON summary")
     r.set_defaults(handler=_rl)
@@ -113,7 +120,9 @@ def _rl(args: argparse.Namespace) -> int:
         replay=not args.no_replay,
         seed=args.seed,
     )
-    model = load_model(args.checkpoint)
+    import torch
+
+    model = load_model(args.checkpoint, dtype=getattr(torch, args.dtype))
     rows: list[tuple[int, float, float, float, float, float]] = []
     with tqdm(total=cfg.steps, unit="step", disable=None) as bar:
 

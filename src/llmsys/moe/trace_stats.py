@@ -5,10 +5,12 @@ Protocol
 For one stage of a :class:`~llmsys.moe.tracegen.RoutingTrace` (default: update), with
 ``share[s, m, l, e] = loads / loads.sum(e)``:
 
-- ``cv_across_steps``: each step's share (micro-steps summed), the coefficient of variation
-  (std / mean over steps) per layer and expert, averaged over layers and experts;
-- ``cv_across_microsteps``: per step, layer and expert, the CV over that step's
-  micro-steps, averaged; ``premise_ratio`` is the second over the first;
+- ``cv_across_steps``: each step's share (micro-steps summed); per layer, the
+  load-weighted coefficient of variation over steps, ``sum_e std_e / sum_e mean_e`` (the
+  per-expert CV weighted by the expert's mean share, so near-dead experts, whose CV is
+  large and whose load is nil, do not dominate), averaged over layers;
+- ``cv_across_microsteps``: the same over each step's micro-steps, averaged over steps and
+  layers; ``premise_ratio`` is the second over the first;
 - ``imbalance_no_balancing_mean`` / ``_p90``: max / mean GPU load per micro-step and
   layer with the static contiguous placement (expert ``e`` on GPU ``e // (E / gpus)``);
 - ``imbalance_by_micro_seqs``: the same mean when ``g`` consecutive micro-steps are merged
@@ -16,7 +18,6 @@ For one stage of a :class:`~llmsys.moe.tracegen.RoutingTrace` (default: update),
 - ``step_to_step_corr``: Pearson correlation of consecutive steps' expert shares, per
   layer, averaged.
 
-Experts with zero mean share are left out of the CVs (their CV is undefined).
 :func:`plot_premise` draws the three views to a PNG.
 """
 
@@ -70,8 +71,9 @@ class PremiseStats:
 
 
 def _cv(x: FloatArray, axis: int) -> float:
-    mean = x.mean(axis=axis)
-    std = x.std(axis=axis)
+    """Load-weighted CV of shares ``x`` over ``axis``, averaged over the other leading axes."""
+    mean = x.mean(axis=axis).sum(-1)
+    std = x.std(axis=axis).sum(-1)
     ok = mean > 0
     return float((std[ok] / mean[ok]).mean()) if ok.any() else 0.0
 

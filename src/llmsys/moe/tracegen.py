@@ -105,16 +105,19 @@ class TraceParams:
     """GRPO group size: consecutive sequences sharing a prompt and its routing profile."""
     popularity: Popularity = Popularity.ZIPF
     """Shape of the per-layer expert popularity."""
-    zipf_exponent: float = 0.3
-    """Zipf exponent of the popularity."""
+    zipf_exponent: float = 0.8
+    """Zipf exponent of the popularity (fitted to the shipped RL trace, see
+    :mod:`llmsys.moe.tracefit`; was 0.3 before the fit)."""
     dirichlet_alpha: float = 2.0
     """Concentration when ``popularity`` is Dirichlet."""
     num_topics: int = 12
     """Topic profiles in the data (math, code, ...)."""
-    topic_concentration: float = 0.25
-    """How close each topic's expert profile stays to the layer popularity (higher = closer)."""
-    mixture_alpha: float = 0.1
-    """Dirichlet concentration of a prompt's topic mixture (lower = one topic dominates)."""
+    topic_concentration: float = 1.0
+    """How close each topic's expert profile stays to the layer popularity (higher = closer;
+    fitted, was 0.25)."""
+    mixture_alpha: float = 0.3
+    """Dirichlet concentration of a prompt's topic mixture (lower = one topic dominates;
+    fitted, was 0.1)."""
     seed: int = 0
     """Random seed."""
 

@@ -16,10 +16,10 @@ from llmsys.moe.lm.tasks import arithmetic_text, make_problem, reward
     ("response", "answer", "expected"),
     [
         ("68\n", "68", 1.0),
-        ("68", "68", 1.0),
-        ("78\n", "68", 0.5),
-        ("168\n", "68", 2 / 3),
-        ("8\n", "68", 0.5),
+        ("68", "68", 0.8),  # right digits, no newline: no format credit
+        ("78\n", "68", 0.2 + 0.4),
+        ("168\n", "68", 0.2 + 0.8 * 2 / 3),
+        ("8\n", "68", 0.2 + 0.4),
         ("x8\n", "68", 0.0),
         ("\n", "68", 0.0),
         ("", "5", 0.0),
@@ -40,7 +40,9 @@ def test_problems_are_checkable_and_deterministic() -> None:
         assert eval(lhs) == int(rhs)
     assert eval(lines[2].rstrip("=")) == int(a.answer)
     with pytest.raises(InputError):
-        make_problem(np.random.default_rng(0), op="/")
+        make_problem(np.random.default_rng(0), ops="+/")
+    with pytest.raises(InputError):
+        make_problem(np.random.default_rng(0), max_operand=100)
 
 
 def test_arithmetic_text_is_correct() -> None:

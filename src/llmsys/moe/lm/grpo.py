@@ -60,11 +60,15 @@ class RLConfig:
     """Optimizer steps per RL step."""
     shots: int = 4
     """Solved examples before each question."""
+    ops: str = "+"
+    """Operations the problems draw from (RL data is narrow: addition by default)."""
+    max_operand: int = 20
+    """Largest operand of a problem (small enough that the pre-trained model earns reward)."""
     max_new_tokens: int = 6
     """Longest response."""
     temperature: float = 1.0
     """Sampling temperature of the rollout."""
-    lr: float = 3e-4
+    lr: float = 1e-4
     """Adam learning rate."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
@@ -159,7 +163,9 @@ def rl_step(
     """Run one GRPO step in place on ``model`` and ``opt`` (see the module docstring)."""
     e = model.cfg.num_experts
     t0 = time.perf_counter()
-    problems = [make_problem(rng, cfg.shots) for _ in range(cfg.prompts_per_step)]
+    problems = [
+        make_problem(rng, cfg.shots, cfg.ops, cfg.max_operand) for _ in range(cfg.prompts_per_step)
+    ]
     prompts = [p.prompt for p in problems for _ in range(cfg.group_size)]
     ro = rollout(model, prompts, cfg.max_new_tokens, generator, cfg.temperature)
     rewards = np.array(

@@ -85,3 +85,23 @@ def run_rl(
         if on_step is not None:
             on_step(step, rec)
     return RLResult(records, assemble(records, c, model))
+
+
+def evaluate_reward(
+    model: MoELM, cfg: RLConfig | None = None, problems: int = 256, seed: int = 12345
+) -> float:
+    """Mean reward of one sampled response to each of ``problems`` fixed problems drawn
+    like ``cfg``'s (task, shots, temperature).
+
+    The problems and the sampling generator depend only on ``seed``, so the figure is
+    comparable before and after training.
+    """
+    from llmsys.moe.lm.rollout import rollout as sample
+    from llmsys.moe.lm.tasks import make_problem, reward
+
+    c = cfg if cfg is not None else RLConfig()
+    rng = np.random.default_rng(seed)
+    batch = [make_problem(rng, c.shots, c.ops, c.max_operand) for _ in range(problems)]
+    gen = torch.Generator().manual_seed(seed)
+    ro = sample(model, [p.prompt for p in batch], c.max_new_tokens, gen, c.temperature)
+    return float(np.mean([reward(t, p.answer) for t, p in zip(ro.responses(), batch, strict=True)]))

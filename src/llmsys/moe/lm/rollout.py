@@ -2,7 +2,8 @@
 
 Protocol
 --------
-:func:`rollout` encodes each prompt as ``[BOS] + bytes``, left-pads the batch with
+The rollout encodes each prompt as its bytes (pre-training windows start mid-stream and
+never hold :data:`BOS`, so a prompt does not either), left-pads the batch with
 :data:`PAD` to a common prompt length ``P``, prefills once, then decodes up to
 ``max_new_tokens`` tokens per sequence, one step at a time. A sequence finishes when it
 samples a newline; afterwards it is fed :data:`PAD` marked invalid. Each step feeds the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from llmsys.core.errors import InputError
-from llmsys.moe.lm.config import BOS, PAD
+from llmsys.moe.lm.config import PAD
 from llmsys.moe.lm.model import KVCache, MoELM, RouteMode
 
 NEWLINE = ord("\n")
@@ -58,10 +59,12 @@ class Rollout:
 
 
 def encode_prompts(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``(tokens, valid)`` of ``[BOS] + bytes`` per prompt."""
+    """Left-padded ``(tokens, valid)`` of each prompt's bytes."""
     if not prompts:
         raise InputError("rollout needs at least one prompt")
-    rows = [[BOS, *p.encode()] for p in prompts]
+    rows = [list(p.encode()) for p in prompts]
+    if any(not r for r in rows):
+        raise InputError("prompts must not be empty")
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), PAD, dtype=torch.long)
     valid = torch.zeros((len(rows), width), dtype=torch.bool)

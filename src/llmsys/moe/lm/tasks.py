@@ -9,9 +9,11 @@ A problem is one line ``a<op>b=c`` with ``op`` one of ``+ - *``: ``a, b`` in ``[
 (:func:`arithmetic_text`) is runs of solved lines in the same format, so the pre-trained
 model has seen the format but not the RL reward.
 
-:func:`reward` gives partial credit so a weak model's reward does not start at zero: the
-share of answer digits right, aligned from the least significant digit, over the longer of
-the two strings; an exact answer scores 1, anything that is not a digit string scores 0.
+:func:`reward` gives partial credit so a weak model's reward does not start at zero:
+``0.2`` for a well-formed answer (a digit string ended by a newline, the format reward of
+common GRPO recipes) plus ``0.8`` times the share of answer digits right, aligned from the
+least significant digit, over the longer of the two strings. An exact answer with its
+newline scores 1; anything that is not a digit string scores 0.
 """
 
 from __future__ import annotations
@@ -35,28 +37,34 @@ class Problem:
     """The correct result's decimal digits (no newline)."""
 
 
-def _one(rng: np.random.Generator, op: str) -> tuple[str, str]:
-    a = int(rng.integers(0, 100))
-    b = int(rng.integers(0, 10 if op == "*" else 100))
+def _one(rng: np.random.Generator, op: str, max_operand: int = 99) -> tuple[str, str]:
+    a = int(rng.integers(0, max_operand + 1))
+    b = int(rng.integers(0, min(9, max_operand) + 1 if op == "*" else max_operand + 1))
     if op == "-" and b > a:
         a, b = b, a
     value = a + b if op == "+" else a - b if op == "-" else a * b
     return f"{a}{op}{b}=", str(value)
 
 
-def make_problem(rng: np.random.Generator, shots: int = 4, op: str | None = None) -> Problem:
-    """Draw a problem; ``op`` None picks one of :data:`OPS` at random.
+def make_problem(
+    rng: np.random.Generator, shots: int = 4, ops: str = "+-*", max_operand: int = 99
+) -> Problem:
+    """Draw a problem with an operation from ``ops`` and operands up to ``max_operand``
+    (``*``'s second operand stays below 10).
 
     Raises:
-        InputError: ``shots`` is negative or ``op`` is unknown.
+        InputError: ``shots`` is negative, ``ops`` is empty or holds an unknown operation,
+            or ``max_operand`` is outside ``[1, 99]``.
     """
     if shots < 0:
         raise InputError("shots must be >= 0")
-    chosen = OPS[int(rng.integers(0, len(OPS)))] if op is None else op
-    if chosen not in OPS:
-        raise InputError(f"unknown operation {op!r}; expected one of {OPS}")
-    lines = ["".join(_one(rng, chosen)) + "\n" for _ in range(shots)]
-    question, answer = _one(rng, chosen)
+    if not ops or any(op not in OPS for op in ops):
+        raise InputError(f"ops must be a non-empty string of {OPS}, got {ops!r}")
+    if not 1 <= max_operand <= 99:
+        raise InputError("max_operand must be in [1, 99]")
+    chosen = ops[int(rng.integers(0, len(ops)))]
+    lines = ["".join(_one(rng, chosen, max_operand)) + "\n" for _ in range(shots)]
+    question, answer = _one(rng, chosen, max_operand)
     return Problem("".join(lines) + question, answer)
 
 
@@ -74,9 +82,10 @@ def arithmetic_text(rng: np.random.Generator, num_bytes: int, run_lines: int = 8
 
 
 def reward(response: str, answer: str) -> float:
-    """Partial-credit reward of ``response`` (text before the first newline) for ``answer``."""
-    pred = response.split("\n", 1)[0].strip()
+    """Partial-credit reward of ``response`` for ``answer`` (see the module docstring)."""
+    line, newline, _ = response.partition("\n")
+    pred = line.strip()
     if not pred or not pred.isdigit():
         return 0.0
     right = sum(1 for x, y in zip(reversed(pred), reversed(answer), strict=False) if x == y)
-    return right / max(len(pred), len(answer))
+    return 0.2 * bool(newline) + 0.8 * right / max(len(pred), len(answer))

@@ -29,10 +29,14 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from llmsys.aging.analyze import AnalysisConfig, MetricSeries, analyze_metric
+from llmsys.aging.analyze import MetricSeries, analyze_metric
 from llmsys.aging.mann_kendall import mann_kendall_s
+from llmsys.aging.sen_slope import sen_slope
 from llmsys.aging.trend import TrendConfig, trend_test
 from llmsys.core.provenance import config_hash, git_sha
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_noise import real_noise_power  # sibling module of this script
 
 ALPHA = 0.05
 SERIES_N = 777_600
@@ -46,16 +50,25 @@ def ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     return np.asarray(lfilter([1.0], [1.0, -phi], e))[burn:]
 
 
-def _size_cell(task: tuple[int, float, int, int]) -> int:
+def _size_cell(task: tuple[int, float, int, int, int, bool]) -> int:
     """Rejections of the default test in ``reps`` AR(1) replicates (one worker task)."""
-    n, phi, reps, seed = task
+    n, phi, reps, seed, bias_reps, correct = task
     rng = np.random.default_rng(seed)
     t = np.arange(n, dtype=np.float64)
-    return sum(trend_test(t, ar1(rng, n, phi)).log10_p <= math.log10(ALPHA) for _ in range(reps))
+    cfg = TrendConfig(bias_replicates=bias_reps, correct_test_variance=correct)
+    return sum(
+        trend_test(t, ar1(rng, n, phi), cfg).log10_p <= math.log10(ALPHA) for _ in range(reps)
+    )
 
 
 def size_table(
-    ns: list[int], phis: list[float], reps: int, seed: int, workers: int
+    ns: list[int],
+    phis: list[float],
+    reps: int,
+    seed: int,
+    workers: int,
+    bias_reps: int,
+    correct: bool,
 ) -> dict[str, float]:
     chunks = max(1, reps // 100)
     tasks = []
@@ -63,14 +76,14 @@ def size_table(
         for phi in phis:
             for c in range(chunks):
                 part = reps // chunks + (1 if c < reps % chunks else 0)
-                tasks.append((n, phi, part, seed * 1_000_003 + len(tasks)))
+                tasks.append((n, phi, part, seed * 1_000_003 + len(tasks), bias_reps, correct))
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             hits = pool.map(_size_cell, tasks, chunksize=1)
     else:
         hits = [_size_cell(task) for task in tasks]
     out: dict[str, float] = {}
-    for (n, phi, _, _), h in zip(tasks, hits, strict=True):
+    for (n, phi, _, _, _, _), h in zip(tasks, hits, strict=True):
         out[f"n{n}_phi{phi}"] = out.get(f"n{n}_phi{phi}", 0.0) + h / reps
     print(f"\nsize: false-positive rate at alpha {ALPHA}, default method, {reps} replicates/cell")
     print(f"{'n':>8} " + " ".join(f"phi={p:<5}" for p in phis))
@@ -79,30 +92,59 @@ def size_table(
     return out
 
 
+def _estimation_cell(task: tuple[int, float, int, int, int]) -> tuple[float, int, int]:
+    """(sum of slope estimates / beta, intervals covering beta, replicates) for one task.
+
+    The interval is the one :func:`analyze_metric` reports (``trend_test``'s; with
+    ``trim_warmup=False`` the pipeline passes the series through unchanged), the estimate
+    the exact Theil-Sen slope on every sample; calling the two directly skips the
+    change-point and growth steps, which do not touch either number.
+    """
+    n, phi, reps, seed, bias_reps = task
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    beta = 3.0 / math.sqrt(1 - phi * phi) / n
+    cfg = TrendConfig(bias_replicates=bias_reps)
+    est, cover = 0.0, 0
+    for _ in range(reps):
+        y = beta * t + ar1(rng, n, phi)
+        lo, hi = trend_test(t, y, cfg).slope_ci_per_s
+        est += sen_slope(t, y).slope / beta
+        cover += lo <= beta <= hi
+    return est, cover, reps
+
+
 def estimation(
-    ns: list[int], phis: list[float], reps: int, seed: int
+    ns: list[int], phis: list[float], reps: int, seed: int, workers: int, bias_reps: int
 ) -> dict[str, dict[str, float]]:
-    rng = np.random.default_rng(seed + 1)
-    out = {}
-    print(f"\nestimation: injected slope 3 sd/run, {reps} replicates/cell")
+    """Relative bias and 95 % coverage per (n, phi); Monte-Carlo standard errors included."""
+    chunk = 50
+    tasks = []
     for n in ns:
-        t = np.arange(n, dtype=np.float64)
         for phi in phis:
-            sd = 1.0 / math.sqrt(1 - phi * phi)
-            beta = 3.0 * sd / n
-            est, cover = [], 0
-            for _ in range(reps):
-                y = beta * t + ar1(rng, n, phi)
-                a = analyze_metric(MetricSeries(t, y), AnalysisConfig(trim_warmup=False))
-                est.append(a.slope_per_h / 3600.0)
-                lo, hi = a.slope_ci_per_h
-                cover += lo / 3600.0 <= beta <= hi / 3600.0
-            rel_bias = (statistics.fmean(est) - beta) / beta
-            out[f"n{n}_phi{phi}"] = {"rel_bias": rel_bias, "coverage": cover / reps}
-            print(
-                f"  n={n:>7} phi={phi:<5} rel_bias={rel_bias:+.4f} coverage={cover / reps:.3f}",
-                flush=True,
-            )
+            for c in range(0, reps, chunk):
+                tasks.append(
+                    (n, phi, min(chunk, reps - c), seed * 7_919 + 1 + len(tasks), bias_reps)
+                )
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_estimation_cell, tasks, chunksize=1)
+    else:
+        parts = [_estimation_cell(task) for task in tasks]
+    sums: dict[str, list[float]] = {}
+    for (n, phi, _, _, _), (e, c, r) in zip(tasks, parts, strict=True):
+        acc = sums.setdefault(f"n{n}_phi{phi}", [0.0, 0.0, 0.0])
+        acc[0], acc[1], acc[2] = acc[0] + e, acc[1] + c, acc[2] + r
+    out = {}
+    print(
+        f"\nestimation: injected slope 3 marginal sd/run, {reps} replicates/cell, "
+        f"AR bias-correction replicates {bias_reps}"
+    )
+    for key, (e, c, r) in sums.items():
+        cov = c / r
+        se = math.sqrt(cov * (1 - cov) / r)
+        out[key] = {"rel_bias": e / r - 1.0, "coverage": cov, "coverage_se": se, "reps": r}
+        print(f"  {key:<16} rel_bias={e / r - 1.0:+.4f} coverage={cov:.4f} (MC se {se:.4f})")
     return out
 
 
@@ -225,11 +267,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicates", type=int, default=None, help="size replicates per cell")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--skip-campaign", action="store_true", help="skip the 6x15 campaign")
-    ap.add_argument("--workers", type=int, default=1, help="processes for the size table")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="processes for the size and estimation tables"
+    )
     ap.add_argument(
         "--parts",
-        default="size,estimation,power,speed",
-        help="comma-separated subset of size,estimation,power,speed to run",
+        default="size,estimation,power,realnoise,speed",
+        help="comma-separated subset of size,estimation,power,realnoise,speed to run",
+    )
+    ap.add_argument(
+        "--bias-replicates",
+        type=int,
+        default=TrendConfig().bias_replicates,
+        help="TrendConfig.bias_replicates (interval variance; 0: uncorrected sieve)",
+    )
+    ap.add_argument(
+        "--correct-test-variance",
+        action="store_true",
+        help="TrendConfig.correct_test_variance: test with the bias-corrected variance too",
+    )
+    ap.add_argument(
+        "--est-ns", default="10000", help="comma-separated series lengths for estimation"
+    )
+    ap.add_argument(
+        "--est-phis", default="0,0.9,0.99", help="comma-separated AR(1) phis for estimation"
+    )
+    ap.add_argument(
+        "--realnoise-replicates", type=int, default=None, help="surrogates per leak level"
     )
     ap.add_argument("--est-replicates", type=int, default=None, help="estimation replicates")
     ap.add_argument("--power-replicates", type=int, default=None, help="power replicates")
@@ -245,19 +309,36 @@ def main(argv: list[str] | None = None) -> int:
         "size_reps": reps,
         "seed": args.seed,
         "workers": args.workers,
-        "trend": repr(TrendConfig()),
+        "trend": repr(
+            TrendConfig(
+                bias_replicates=args.bias_replicates,
+                correct_test_variance=args.correct_test_variance,
+            )
+        ),
     }
     parts = set(args.parts.split(","))
     cfg["parts"] = sorted(parts)
     est_reps = args.est_replicates or (100 if quick else 400)
     pw_reps = args.power_replicates or (40 if quick else 200)
-    cfg["est_reps"], cfg["power_reps"] = est_reps, pw_reps
-    fpr = size_table(ns, phis, reps, args.seed, args.workers) if "size" in parts else {}
+    rn_reps = args.realnoise_replicates or (40 if quick else 400)
+    est_ns = [int(v) for v in args.est_ns.split(",")]
+    est_phis = [float(v) for v in args.est_phis.split(",")]
+    cfg["est_reps"], cfg["power_reps"], cfg["realnoise_reps"] = est_reps, pw_reps, rn_reps
+    cfg["est_ns"], cfg["est_phis"] = est_ns, est_phis
+    bias = args.bias_replicates
+    fpr = (
+        size_table(ns, phis, reps, args.seed, args.workers, bias, args.correct_test_variance)
+        if "size" in parts
+        else {}
+    )
     est = (
-        estimation([10_000], [0.0, 0.9, 0.99], est_reps, args.seed) if "estimation" in parts else {}
+        estimation(est_ns, est_phis, est_reps, args.seed, args.workers, bias)
+        if "estimation" in parts
+        else {}
     )
     pw_ns = [1000, 10_000] if quick else [1000, 10_000, 100_000]
     pw = power(pw_ns, 0.99, pw_reps, args.seed) if "power" in parts else {}
+    rn = real_noise_power(rn_reps, args.seed, args.workers) if "realnoise" in parts else {}
     sp: dict[str, float] = {}
     campaign: dict[str, float] = {}
     pmk: dict[str, float] = {}
@@ -288,7 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         "coverage_max": max(cov) if cov else None,
         "estimation_by_cell": est,
         "slope_rel_bias_max_abs": max((abs(v["rel_bias"]) for v in est.values()), default=None),
+        "coverage_mc_se_max": max((v["coverage_se"] for v in est.values()), default=None),
         "min_detectable_rise_sd_phi_0_99": pw,
+        "real_noise": rn,
+        "real_noise_false_alarm_max": max(
+            (
+                v[f"{k}_false_alarm_rate"]
+                for n, v in rn.items()
+                if n != "recording"
+                for k in ("shift", "block")
+            ),
+            default=None,
+        ),
         "series_777600_s": sp.get("plain"),
         "series_777600_with_counters_s": sp.get("counters"),
         "campaign_6x15x777600_s": campaign.get("wall_s"),

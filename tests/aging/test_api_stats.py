@@ -9,6 +9,7 @@ STATS_NAMES = [
     "Correction",
     "CsvFormatError",
     "Deployment",
+    "Detrend",
     "FamilyAnalysis",
     "Growth",
     "MannKendallResult",

@@ -5,7 +5,14 @@ import pytest
 from scipy.signal import lfilter
 
 from llmsys.aging import SeriesError, aggregate_time_bins, hamed_rao_var_s, sieve_bootstrap_var_s
-from llmsys.aging.autocorr import fit_ar_burg
+from llmsys.aging.autocorr import (
+    ArFit,
+    ar_residuals,
+    bias_correct_ar,
+    burg_fixed_order_batch,
+    fit_ar_burg,
+    ols_residuals,
+)
 
 
 def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
@@ -55,3 +62,39 @@ def test_aggregate_drops_empty_bins_across_gaps() -> None:
     assert yb == pytest.approx(tb * 2.0)
     same_t, same_y = aggregate_time_bins(t, y, 1000)
     assert same_t is t and same_y is y
+
+
+def test_batch_burg_matches_the_single_series_fit() -> None:
+    # reference: fit_ar_burg row by row, at the order AIC chose for that row
+    rng = np.random.default_rng(6)
+    rows = np.stack([_ar1(rng, 300, 0.8) for _ in range(4)])
+    for row, phi in zip(rows, burg_fixed_order_batch(rows, 3), strict=True):
+        ref = fit_ar_burg(row, max_order=3)
+        # AIC may stop below 3; compare where it kept all three lags
+        if ref.order == 3:
+            assert phi == pytest.approx(ref.phi, abs=1e-10)
+    one = fit_ar_burg(rows[0], max_order=1)
+    assert burg_fixed_order_batch(rows[:1], 1)[0] == pytest.approx(one.phi, abs=1e-10)
+
+
+def test_bias_correction_moves_persistent_fits_towards_the_truth() -> None:
+    # AR(1) phi = 0.95, m = 128, least-squares detrended: Burg is biased low (about -0.05)
+    rng = np.random.default_rng(7)
+    m, phi = 128, 0.95
+    raw, corrected = [], []
+    for _ in range(40):
+        e = ols_residuals(_ar1(rng, m, phi)[None, :])[0]
+        fit = fit_ar_burg(e, max_order=1)
+        if fit.order == 0:
+            continue
+        resid = ar_residuals(e, fit)
+        raw.append(fit.phi[0])
+        corrected.append(bias_correct_ar(fit, resid - resid.mean(), m, 200, rng).phi[0])
+    assert len(raw) >= 30
+    assert np.mean(raw) < phi - 0.03
+    assert abs(np.mean(corrected) - phi) < abs(np.mean(raw) - phi) / 2
+    # never non-stationary, even from a fit at the unit-root edge
+    edge = ArFit(phi=(0.999,), innovation_var=1.0)
+    out = bias_correct_ar(edge, rng.standard_normal(100), 64, 100, rng)
+    assert abs(out.phi[0]) < 1.0
+    assert bias_correct_ar(ArFit(phi=(), innovation_var=1.0), resid, m, 100, rng).order == 0

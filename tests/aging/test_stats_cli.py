@@ -99,3 +99,24 @@ def test_malformed_input_exits_2_naming_file_and_problem(
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["aging", "analyze", str(tmp_path / "nope.csv"), "--json"]) == 2
     assert "nope.csv" in capsys.readouterr().err
+
+
+def test_detrend_option_is_recorded_and_finds_an_early_full_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a 96 MiB cache full after 30 % of a 400 s run, AR(0.9) noise of ~1.2 MiB sd
+    rng = np.random.default_rng(21)
+    t = np.arange(400)
+    noise = np.zeros(400)
+    for i in range(1, 400):
+        noise[i] = 0.9 * noise[i - 1] + rng.normal(0, 2**19)
+    rss = np.round((5e8 + 96 * 2**20 * np.minimum(t / 120.0, 1.0) + noise) / 4096) * 4096
+    csv = tmp_path / "cache.csv"
+    csv.write_text("t,rss_bytes\n" + "".join(f"{a},{b:.0f}\n" for a, b in zip(t, rss, strict=True)))
+    assert main(["aging", "analyze", str(csv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detrend"] == "line"
+    assert main(["aging", "analyze", str(csv), "--json", "--detrend", "shape"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["detrend"] == "shape"
+    cache = doc["metrics"]["rss_bytes"]
+    assert cache["significant"] and cache["growth"] == "saturating" and cache["tte_h"] is None

@@ -91,3 +91,30 @@ def test_rejects_short_or_unordered_series() -> None:
     t[7] = t[6]
     with pytest.raises(SeriesError, match="increasing"):
         trend_test(t, np.arange(20.0))
+
+
+def test_interval_uses_the_bias_corrected_variance_and_the_test_keeps_its_own() -> None:
+    # AR(1) phi = 0.98 on 600 points: Burg's estimate is biased low, the correction raises
+    # the interval's Var S (by 1.3-2.5x on these seeds); the test's variance is unchanged
+    rng = np.random.default_rng(8)
+    t = np.arange(600.0)
+    ratios = []
+    for _ in range(6):
+        y = 0.001 * t + _ar1(rng, 600, 0.98)
+        plain = trend_test(t, y, TrendConfig(bias_replicates=0))
+        default = trend_test(t, y)
+        assert default.var_s == pytest.approx(plain.var_s)
+        assert default.log10_p == pytest.approx(plain.log10_p)
+        assert plain.interval_var_s == pytest.approx(plain.var_s)
+        ratios.append(default.interval_var_s / default.var_s)
+        lo_p, hi_p = plain.slope_ci_per_s
+        lo_d, hi_d = default.slope_ci_per_s
+        assert hi_d - lo_d > hi_p - lo_p  # corrected variance and the t value widen it
+    assert min(ratios) > 1.1
+    y = 0.03 * t + _ar1(rng, 600, 0.98)  # a clear trend: the corrected test is more cautious
+    plain = trend_test(t, y, TrendConfig(bias_replicates=0))
+    both = trend_test(t, y, TrendConfig(correct_test_variance=True))
+    assert both.var_s == pytest.approx(both.interval_var_s)
+    assert plain.log10_p < both.log10_p < 0.0
+    with pytest.raises(StatsConfigError):
+        TrendConfig(bias_replicates=5)

@@ -15,7 +15,8 @@ Calls that move data, in pipeline order (:func:`analyze_family` runs them all):
    file, line and problem).
 2. :func:`detect_changepoints` - warm-up end and leak onset (PELT, linear cost).
 3. :func:`trend_test` - Mann-Kendall S with a :class:`TrendMethod`: ``SIEVE_BOOTSTRAP``
-   (default: S on block means, null Var S from an AR sieve bootstrap), ``HAMED_RAO``
+   (default: S on block means, null Var S from an AR sieve bootstrap, bias-corrected, on
+   residuals chosen by :class:`Detrend`), ``HAMED_RAO``
    (bounded lags, positive floor) or ``ORIGINAL``; p as log10 p from the normal
    log-survival function (always finite); the Sen slope interval from order statistics
    with that Var S.
@@ -158,7 +159,7 @@ from llmsys.aging.report import (
 )
 from llmsys.aging.sen_slope import SenSlope, pairwise_slope_order_stats, sen_slope, sen_slope_ci
 from llmsys.aging.stats_errors import CsvFormatError, SeriesError, StatsConfigError
-from llmsys.aging.trend import TrendConfig, TrendMethod, TrendTest, trend_test
+from llmsys.aging.trend import Detrend, TrendConfig, TrendMethod, TrendTest, trend_test
 
 __all__ = [
     "Alternative",
@@ -178,6 +179,7 @@ __all__ = [
     "DeploymentKind",
     "DeploymentProcess",
     "DeploymentSpec",
+    "Detrend",
     "Endpoint",
     "FamilyAnalysis",
     "GcMode",

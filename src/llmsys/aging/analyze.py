@@ -176,6 +176,8 @@ class FamilyAnalysis:
             "alpha": self.alpha,
             "alternative": trend.alternative.value,
             "method": trend.method.value,
+            "detrend": trend.detrend.value,
+            "bias_replicates": trend.bias_replicates,
             "capacity": self.config.capacity,
         }
 

@@ -42,7 +42,11 @@ class LlamaServerConfig:
     cache: bool = False
     """llama-cpp-python's RAM prompt cache (``--cache``): saves KV states of past prompts."""
     cache_size_bytes: int = 256 << 20
-    """Bound of the prompt cache (``--cache_size``), bytes (>= 1 MiB)."""
+    """Bound of the prompt cache (``--cache_size``), bytes (>= 1 MiB). llama-cpp-python
+    counts only each saved state's KV bytes against it; every state also holds a float32
+    ``scores`` copy of ``min(n_tokens, n_batch) x n_vocab`` (192 KiB per token for
+    SmolLM2), so the resident cache settles near ten times this bound (measured by
+    ``benchmarks/aging/bench_llama_prompt_cache.py``)."""
     use_mmap: bool = True
     """Map the GGUF file (file-backed, shared) instead of reading it into anonymous memory."""
     use_mlock: bool = False

@@ -15,20 +15,21 @@ HTTP/1.1 (one request per connection, ``Connection: close``) on a thread per req
   ``llmsys_requests_running`` and whatever gauges the engine adds.
 - ``GET /debug/requests``: wall-clock timings of the last 1,024 requests (``received_s``,
   ``first_chunk_s``, ``end_s``, ``tokens``), keyed by the response ``id`` - the ground truth
-  a client's time-to-first-token is checked against.
+  a client's time-to-first-token is checked against. The log is a
+  :class:`~llmsys.aging.timing_log.TimingLog`, allocated once when the server starts.
 - ``GET /debug/engine``: the engine's :meth:`TextEngine.debug_state` (e.g. tracemalloc figures).
 
-Every buffer here is bounded (the timing log is a ring), so the server itself does not age.
+Every buffer here is bounded and the timing log's is preallocated, so the server itself
+does not age: a zero-rate engine's memory is flat from the first request (the test
+``tests/aging/test_openai_api_memory.py`` pins the net Python-heap growth per request).
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +42,8 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+
+from llmsys.aging.timing_log import RequestTiming, TimingLog, response_id
 
 __all__ = ["MAX_TOKENS_LIMIT", "OpenAIServer", "TextEngine"]
 
@@ -101,8 +104,7 @@ class OpenAIServer:
             "llmsys_requests_running", "Requests in progress", registry=self.registry
         )
         engine.register_metrics(self.registry)
-        self._timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=_TIMING_LOG_LEN)
-        self._timings_lock = threading.Lock()
+        self.timing_log = TimingLog(_TIMING_LOG_LEN)
         self._ids = itertools.count(1)
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -127,19 +129,17 @@ class OpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def next_id(self, kind: str) -> str:
-        """Return a fresh response id such as ``cmpl-17``."""
-        return f"{kind}-{next(self._ids)}"
+    def next_number(self) -> int:
+        """Return a fresh response-id number (the ``17`` of ``cmpl-17``)."""
+        return next(self._ids)
 
-    def record_timing(self, timing: dict[str, Any]) -> None:
-        """Append one request's timings to the bounded log."""
-        with self._timings_lock:
-            self._timings.append(timing)
+    def record_timing(self, timing: RequestTiming) -> None:
+        """Write one request's timings into the fixed-size log."""
+        self.timing_log.record(timing)
 
     def timings(self) -> list[dict[str, Any]]:
         """Return a copy of the timing log, oldest first."""
-        with self._timings_lock:
-            return list(self._timings)
+        return self.timing_log.entries()
 
 
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -232,8 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------- generation
     def _complete(self, prompt: str, max_tokens: int, stream: bool, chat: bool) -> None:
         owner = self.owner
-        rid = owner.next_id("chatcmpl" if chat else "cmpl")
-        timing: dict[str, Any] = {"id": rid, "received_s": time.time(), "first_chunk_s": None}
+        number = owner.next_number()
+        rid = response_id(chat, number)
+        received_s = time.time()
+        first_chunk_s: list[float] = []  # set by _stream when its first chunk leaves
         owner.running.inc()
         tokens = 0
         pieces: Iterator[str] | None = None
@@ -241,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
             prompt_tokens, pieces = owner.engine.generate(prompt, max_tokens)
             owner.prompt_tokens.inc(prompt_tokens)
             if stream:
-                tokens = self._stream(rid, pieces, chat, timing, max_tokens)
+                tokens = self._stream(rid, pieces, chat, first_chunk_s, max_tokens)
             else:
                 text = []
                 for piece in pieces:
@@ -261,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # an engine bug must answer 500, not kill the connection
             owner.errors.inc()
             _LOG.exception("request %s failed", rid)
-            if timing["first_chunk_s"] is None and not stream:
+            if not first_chunk_s and not stream:
                 self._send_json(500, {"error": {"message": str(exc), "type": "server_error"}})
         finally:
             # Closing the generator at once releases what it holds (the model lock) even
@@ -270,12 +272,24 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()
             owner.running.dec()
-            timing["end_s"] = time.time()
-            timing["tokens"] = tokens
-            owner.record_timing(timing)
+            owner.record_timing(
+                RequestTiming(
+                    number=number,
+                    chat=chat,
+                    received_s=received_s,
+                    first_chunk_s=first_chunk_s[0] if first_chunk_s else None,
+                    end_s=time.time(),
+                    tokens=tokens,
+                )
+            )
 
     def _stream(
-        self, rid: str, pieces: Iterator[str], chat: bool, timing: dict[str, Any], max_tokens: int
+        self,
+        rid: str,
+        pieces: Iterator[str],
+        chat: bool,
+        first_chunk_s: list[float],
+        max_tokens: int,
     ) -> int:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -290,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload = _chunk(rid, owner.engine.model_name, created, piece, chat, None, tokens == 0)
             self.wfile.write(b"data: " + payload + b"\n\n")
             if tokens == 0:
-                timing["first_chunk_s"] = time.time()
+                first_chunk_s.append(time.time())
             tokens += 1
             owner.generated_tokens.inc()
         reason = "length" if tokens >= max_tokens else "stop"

@@ -97,7 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--trace", type=Path, default=None, help="recorded trace (default: shipped)")
     ap.add_argument("--steps", type=int, default=4, help="RL steps of the trace to replay")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved repeats (after a warm-up)")
-    ap.add_argument("--redundant", type=int, default=4, help="replica slots per rank")
+    ap.add_argument(
+        "--redundant",
+        type=int,
+        default=1,
+        help="replica slots per rank (default 1: on this CPU each extra replica costs a fixed "
+        "~85 us per pass, so four cost more than the balance gains; see docs/benchmarks.md)",
+    )
     ap.add_argument("--timeout-s", type=float, default=120.0, help="collective timeout")
     ap.add_argument("--out", type=Path, default=Path("results/bench_executor.json"))
     args = ap.parse_args(argv)

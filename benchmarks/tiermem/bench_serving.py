@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmsys.cli.tiermem_serve_cmd import print_table
 from llmsys.tiermem.serving import ServingBenchOptions, Workload, run_serving_bench
+from llmsys.tiermem.serving.compare import CacheConfig, parse_configs
 
 TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "mooncake_synthetic_trace.jsonl"
 
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--serve-repeats", type=int, default=3, help="interleaved repetitions (medians)"
     )
+    parser.add_argument(
+        "--configs",
+        default=",".join(c.value for c in CacheConfig),
+        help="comma-separated configurations (recompute is the correctness reference)",
+    )
     args = parser.parse_args(argv)
     ratios = (
         tuple(int(x) for x in args.ratios.split(","))
@@ -50,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         miss_requests=4,
         repeats=5 if args.full else 3,
         serve_repeats=args.serve_repeats,
+        configs=tuple(parse_configs(args.configs)),
     )
 
     def progress(label: str, done: int, total: int) -> None:

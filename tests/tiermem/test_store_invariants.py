@@ -74,6 +74,8 @@ def test_random_operations_keep_invariants(ops: list[tuple[str, int]], policy: P
             assert hit.tiers == tuple(where)  # lookup reports exactly where the block is
         for handle in pins:  # pinned blocks never leave the store
             assert store.lookup(list(handle.keys)).num_blocks == len(handle.keys)
+        # between calls nothing is in flight: no block moving, no slot reserved
+        assert not store._moving and store._reserved == [0, 0, 0] and store._leaving == [0, 0, 0]
         total = sum(t.resident_blocks for t in stats.tiers)
         assert total == len([k for k in keys if locations[k]])
         assert total + stats.dropped >= len(stored)

@@ -38,7 +38,7 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """Real time from ``time.perf_counter``; sub-150 us waits are spun for accuracy."""
+    """Real time from ``time.perf_counter``; sub-150 us waits are spun (yielding the GIL)."""
 
     def now(self) -> float:
         """Return ``time.perf_counter()``."""
@@ -55,8 +55,9 @@ class MonotonicClock:
             remaining_s = deadline_s - time.perf_counter()
             if remaining_s <= 0:
                 return
-            if remaining_s > _SPIN_BELOW_S:
-                time.sleep(remaining_s - _SPIN_BELOW_S)
+            # time.sleep releases the GIL even for 0 s: a thread pacing a background copy
+            # must not hold it while it spins, or the compute thread stalls behind it
+            time.sleep(remaining_s - _SPIN_BELOW_S if remaining_s > _SPIN_BELOW_S else 0)
 
 
 class ManualClock:

@@ -8,24 +8,24 @@ stay there when a local copy moves. Evicting from tier ``i`` demotes the victim 
 tier is promoted to dram when ``promote_on_hit`` is set.
 
 Concurrency: metadata is guarded by one store lock; ``lookup`` reads without it (dict
-reads are atomic). Demotions triggered by a store or a promotion run their I/O under the
-lock - simple and safe; prefetch reads its source outside the lock.
+reads are atomic). No block's bytes are copied under the lock: moves between tiers are
+planned, copied and published in three steps (:mod:`llmsys.tiermem.store_moves`), and
+``write`` copies into a reserved slot.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from llmsys.tiermem.block import aligned_buffer
 from llmsys.tiermem.clock import Clock, MonotonicClock
 from llmsys.tiermem.errors import BlockInputError, HandleStateError, TierConfigError
 from llmsys.tiermem.keys import BlockKey, Namespace
-from llmsys.tiermem.policy import EvictionPolicy, make_policy
+from llmsys.tiermem.policy import make_policy
 from llmsys.tiermem.prefetch import PrefetchHandle
+from llmsys.tiermem.store_moves import Move, TierMoves
 from llmsys.tiermem.store_types import (
     LoadHandle,
     PrefixHit,
@@ -43,7 +43,7 @@ __all__ = ["LoadHandle", "PrefixHit", "StoreConfig", "StoreHandle", "StoreStats"
 log = logging.getLogger(__name__)
 
 
-class TieredStore:
+class TieredStore(TierMoves):
     """Prefix-KV block store over ordered tiers (see the package docstring for protocol)."""
 
     def __init__(
@@ -66,7 +66,6 @@ class TieredStore:
         self.clock = clock if clock is not None else MonotonicClock()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="itme-prefetch")
-        self._lock = threading.RLock()
         meta = config.metadata_only
         self.tiers: list[Tier] = []
         try:
@@ -83,20 +82,11 @@ class TieredStore:
             for tier in self.tiers:
                 tier.close()
             raise
-        self._policies: list[EvictionPolicy] = [
+        policies = [
             make_policy(c.policy, t.capacity_blocks)
             for c, t in zip(config.tiers, self.tiers, strict=True)
         ]
-        self._remote_idx = len(self.tiers) - 1 if isinstance(self.tiers[-1], RemoteTier) else None
-        self._where: dict[BlockKey, int] = {}
-        self._pins: dict[BlockKey, int] = {}
-        self._reserved = [0] * len(self.tiers)
-        self._storing: set[BlockKey] = set()
-        self._bounce = [None if meta else aligned_buffer(self.block_bytes) for _ in self.tiers]
-        # prefetch jobs read their source outside the store lock, and an executor may run
-        # several at once: each worker thread gets its own bounce buffer
-        self._prefetch_local = threading.local()
-        self._counts = dict.fromkeys(("promotions", "demotions", "dropped", "prefetched"), 0)
+        super().__init__(self.tiers, policies, block_bytes=self.block_bytes, metadata_only=meta)
         for i, tier in enumerate(self.tiers):  # persistent tiers bring their blocks back
             for key in tier.keys():  # noqa: SIM118 - Tier.keys() is a locked snapshot
                 if key[:8] == namespace.id_bytes and key not in self._where:
@@ -116,9 +106,6 @@ class TieredStore:
 
     def _check_keys(self, keys: Sequence[bytes]) -> list[BlockKey]:
         return [self.namespace.check_key(k) for k in keys]
-
-    def _is_pinned(self, key: object) -> bool:
-        return key in self._pins or key in self._storing
 
     # ---- lookup -----------------------------------------------------------------------
 
@@ -188,25 +175,41 @@ class TieredStore:
             raise HandleStateError("read() on a completed load handle")
         if len(outs) != len(handle.keys):
             raise BlockInputError(f"need {len(handle.keys)} buffers, got {len(outs)}")
+        keys = handle.keys
         by_tier: dict[int, list[int]] = {}
-        for i, key in enumerate(handle.keys):
-            where = self._where.get(key)
-            if where is not None:  # else it vanished since pinning (corrupt elsewhere)
-                by_tier.setdefault(where, []).append(i)
-        ok = [False] * len(handle.keys)
-        for idx, positions in by_tier.items():
-            got = self.tiers[idx].get_many_into(
-                [handle.keys[p] for p in positions], [outs[p] for p in positions]
-            )
-            for p, n in zip(positions, got, strict=True):
-                ok[p] = n is not None
-            with self._lock:
+        with self._lock:
+            # pinned blocks never start moving, but one may be landing (a demotion planned
+            # before it was pinned, or a prefetch promoting it): wait until it has landed
+            self._moved.wait_for(lambda: self._moving.isdisjoint(keys))
+            for i, key in enumerate(keys):
+                self._reading[key] = self._reading.get(key, 0) + 1
+                where = self._where.get(key)
+                if where is not None:  # else it vanished since pinning (corrupt elsewhere)
+                    by_tier.setdefault(where, []).append(i)
+        ok = [False] * len(keys)
+        try:
+            for idx, positions in by_tier.items():
+                got = self.tiers[idx].get_many_into(
+                    [keys[p] for p in positions], [outs[p] for p in positions]
+                )
                 for p, n in zip(positions, got, strict=True):
-                    key = handle.keys[p]
+                    ok[p] = n is not None
                     if n is None:
-                        self._forget_if_gone(key, idx)
-                    elif idx > 0 and self.config.promote_on_hit:
-                        self._move(key, idx, 0, outs[p], promoted=True)
+                        with self._lock:
+                            self._forget_if_gone(keys[p], idx)
+                    elif (
+                        idx > 0
+                        and self.config.promote_on_hit
+                        and self._promote(keys[p], idx, 0, outs[p], reader=True)
+                    ):
+                        with self._lock:
+                            self._counts["promotions"] += 1
+        finally:
+            with self._lock:
+                for key in keys:
+                    count = self._reading.pop(key) - 1
+                    if count:
+                        self._reading[key] = count
         loaded = 0
         while loaded < len(ok) and ok[loaded]:
             loaded += 1
@@ -239,15 +242,16 @@ class TieredStore:
         checked = self._check_keys(keys)
         chosen: list[BlockKey] = []
         dropped: list[BlockKey] = []
+        plan: list[Move] = []
         with self._lock:
             for key in checked:
                 if key in self._where or key in self._storing:  # cached, or in a handle
                     continue
-                if not self._make_room(0, dropped):
+                if not self._claim(0, plan, dropped):
                     break
-                self._reserved[0] += 1
                 self._storing.add(key)
                 chosen.append(key)
+        self._run_moves(plan, dropped)  # the demotions that free the reserved slots
         return StoreHandle(keys=tuple(chosen), evicted=tuple(dropped))
 
     def write(self, handle: StoreHandle, key: BlockKey, data: memoryview | None) -> None:
@@ -259,11 +263,13 @@ class TieredStore:
         """
         if handle.completed or key not in handle.keys:
             raise HandleStateError("write() of a key this open store handle does not cover")
+        # The copy runs without the store lock: the slot is reserved, the key is pinned
+        # (storing) and unpublished, so nobody else reads or takes it. The reservation is
+        # released after the put, so the room count never overstates the free slots.
+        if not self.dram.put(key, data):
+            raise HandleStateError("dram slot lost while writing (store bug)")
         with self._lock:
             self._reserved[0] -= 1
-            if not self.dram.put(key, data):
-                self._reserved[0] += 1
-                raise HandleStateError("dram slot lost while writing (store bug)")
             handle.written.add(key)
 
     def complete_store(self, handle: StoreHandle, success: bool = True) -> None:
@@ -303,13 +309,14 @@ class TieredStore:
         try:
             with self._lock:
                 dropped: list[BlockKey] = []
+                plan: list[Move] = []  # stays empty: remote victims are deleted, not moved
                 todo = [k for k in keys if k in self.dram and k not in remote]
                 for _ in todo:
-                    if not self._make_room(r, dropped):
+                    if not self._claim(r, plan, dropped):
                         break
-                    self._reserved[r] += 1
                     reserved += 1
                 todo = todo[:reserved]
+            assert not plan
             datas = [self.dram.view(k) for k in todo]
             with self._lock:
                 self._reserved[r] -= reserved  # put_many takes the slots made free above
@@ -351,15 +358,6 @@ class TieredStore:
         self._executor.submit(self._run_prefetch, handle, target_idx)
         return handle
 
-    def _prefetch_buffer(self) -> memoryview | None:
-        """This thread's prefetch bounce buffer (None in metadata-only mode)."""
-        if self.config.metadata_only:
-            return None
-        buf: memoryview | None = getattr(self._prefetch_local, "buf", None)
-        if buf is None:
-            buf = self._prefetch_local.buf = aligned_buffer(self.block_bytes)
-        return buf
-
     def _run_prefetch(self, handle: PrefetchHandle, target_idx: int) -> None:
         # Blocks brought up stay pinned until the job ends, so a prefetch larger than its
         # target never evicts its own earlier blocks; it stops when the target is full.
@@ -370,29 +368,35 @@ class TieredStore:
                     handle.expired = True
                     break
                 with self._lock:
+                    # a block moving now is wanted where it lands: wait for it
+                    self._moved.wait_for(lambda k=key: k not in self._moving)  # type: ignore[misc]
                     src = self._where.get(key)
                     if src is None:
                         handle.missing_blocks += 1
                         continue
                     self._pins[key] = self._pins.get(key, 0) + 1
                     held.append(key)
-                    if src <= target_idx:
+                    # a block ``read`` is copying out is its reader's to promote
+                    if src <= target_idx or key in self._reading:
                         handle.already_blocks += 1
                         continue
-                buf = self._prefetch_buffer()
+                buf = self._buffer("prefetch")
                 got = self.tiers[src].get_into(key, buf)
-                with self._lock:
-                    if got is None:
+                if got is None:
+                    with self._lock:
                         self._forget_if_gone(key, src)
-                        handle.missing_blocks += 1
-                    elif self._where.get(key) != src:
-                        handle.already_blocks += 1
-                    elif self._move(key, src, target_idx, buf, promoted=False):
-                        handle.moved_blocks += 1
+                    handle.missing_blocks += 1
+                    continue
+                moved = self._promote(key, src, target_idx, buf, reader=False)
+                if moved is None:  # read, promoted or moved meanwhile
+                    handle.already_blocks += 1
+                elif moved:
+                    handle.moved_blocks += 1
+                    with self._lock:
                         self._counts["prefetched"] += 1
-                    else:
-                        handle.no_room = True
-                        break
+                else:
+                    handle.no_room = True
+                    break
         except Exception as exc:
             log.exception("prefetch failed")
             handle.error = f"{type(exc).__name__}: {exc}"
@@ -402,88 +406,6 @@ class TieredStore:
                     self._unpin(key)
             handle.finished_at_s = self.clock.now()
             handle.done.set()
-
-    # ---- placement internals (store lock held) --------------------------------------------
-
-    def _unpin(self, key: BlockKey) -> None:
-        count = self._pins.get(key, 0) - 1
-        if count > 0:
-            self._pins[key] = count
-        else:
-            self._pins.pop(key, None)
-
-    def _forget_if_gone(self, key: BlockKey, idx: int) -> None:
-        if key not in self.tiers[idx] and self._where.get(key) == idx:
-            del self._where[key]
-            self._policies[idx].remove(key)
-
-    def _make_room(self, idx: int, dropped: list[BlockKey]) -> bool:
-        """Evict from tier ``idx`` until one slot is free beyond reservations."""
-        tier = self.tiers[idx]
-        while tier.free_blocks - self._reserved[idx] < 1:
-            victim = self._policies[idx].evict(self._is_pinned)
-            if victim is None:
-                return False
-            assert isinstance(victim, BlockKey)
-            tier.count_eviction()
-            self._demote(victim, idx, dropped)
-        return True
-
-    def _demote(self, key: BlockKey, idx: int, dropped: list[BlockKey]) -> None:
-        """Move an evicted block from tier ``idx`` to the next tier, or drop it."""
-        if idx == self._remote_idx:  # the remote copy goes; a local copy may remain
-            self.tiers[idx].delete(key)
-            if self._where.get(key) == idx:
-                del self._where[key]
-                self._counts["dropped"] += 1
-                dropped.append(key)
-            return
-        nxt = idx + 1
-        moved = False
-        if nxt < len(self.tiers):
-            if nxt == self._remote_idx and key in self.tiers[nxt]:
-                moved = True  # already written through
-            elif self._make_room(nxt, dropped):
-                moved = self._copy_down(key, self.tiers[idx], self.tiers[nxt], self._bounce[idx])
-                if moved:
-                    self._policies[nxt].insert(key)
-        self.tiers[idx].delete(key)
-        if moved:
-            self._counts["demotions"] += 1
-            if self._where.get(key) == idx:
-                self._where[key] = nxt
-        else:
-            self._counts["dropped"] += 1
-            if self._where.get(key) == idx:
-                del self._where[key]
-            dropped.append(key)
-
-    def _copy_down(self, key: BlockKey, src: Tier, dst: Tier, buf: memoryview | None) -> bool:
-        """Copy ``key`` from ``src`` to ``dst`` (zero-copy out of real dram)."""
-        data = src.view(key) if isinstance(src, DramTier) else None
-        if data is None:
-            if src.get_into(key, buf) is None:
-                return False
-            data = buf
-        return dst.put(key, data, src.checksum_of(key))
-
-    def _move(
-        self, key: BlockKey, src: int, dst: int, data: memoryview | None, *, promoted: bool
-    ) -> bool:
-        """Copy ``key`` (its bytes already in ``data``) from tier ``src`` up into ``dst``."""
-        dropped: list[BlockKey] = []
-        if not self._make_room(dst, dropped):
-            return False
-        if not self.tiers[dst].put(key, data):
-            return False
-        self._policies[dst].insert(key)
-        if src != self._remote_idx:
-            self.tiers[src].delete(key)
-            self._policies[src].remove(key)
-        self._where[key] = dst
-        if promoted:
-            self._counts["promotions"] += 1
-        return True
 
     # ---- reporting ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ For one stage of a :class:`~llmsys.moe.tracegen.RoutingTrace` (default: update),
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +58,19 @@ class PremiseStats:
     """GPUs of the static placement."""
 
     def to_json(self) -> dict[str, object]:
-        """JSON-ready dict (integer keys as strings)."""
+        """JSON-ready dict (integer keys as strings; a non-finite figure becomes None)."""
+
+        def f(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
         return {
-            "cv_across_steps": self.cv_across_steps,
-            "cv_across_microsteps": self.cv_across_microsteps,
-            "premise_ratio": self.premise_ratio,
-            "imbalance_no_balancing_mean": self.imbalance_no_balancing_mean,
-            "imbalance_no_balancing_p90": self.imbalance_no_balancing_p90,
+            "cv_across_steps": f(self.cv_across_steps),
+            "cv_across_microsteps": f(self.cv_across_microsteps),
+            "premise_ratio": f(self.premise_ratio),
+            "imbalance_no_balancing_mean": f(self.imbalance_no_balancing_mean),
+            "imbalance_no_balancing_p90": f(self.imbalance_no_balancing_p90),
             "imbalance_by_micro_seqs": {str(k): v for k, v in self.imbalance_by_micro_seqs.items()},
-            "step_to_step_corr": self.step_to_step_corr,
+            "step_to_step_corr": f(self.step_to_step_corr),
             "gpus": self.gpus,
         }
 

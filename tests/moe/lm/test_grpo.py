@@ -63,3 +63,14 @@ def test_batch_must_split_into_micro_steps() -> None:
 
 def _fields(cfg: RLConfig) -> dict[str, object]:
     return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}
+
+
+def test_recompute_matches_rollout_at_another_temperature() -> None:
+    result = run_rl(_model(), RLConfig(**{**_fields(FAST), "steps": 1, "temperature": 0.7}))
+    assert result.records[0].logprob_max_abs_diff <= 1e-5
+
+
+def test_bad_rl_settings_are_config_errors() -> None:
+    for bad in ({"ops": "/"}, {"max_operand": 0}, {"clip_eps": 0.0}, {"aux_loss_coef": -1.0}):
+        with pytest.raises(ConfigError):
+            RLConfig(**{**_fields(FAST), **bad})

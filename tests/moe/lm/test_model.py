@@ -101,6 +101,11 @@ def test_bad_inputs_are_rejected() -> None:
     tokens, valid = _batch()
     with pytest.raises(InputError):
         m(tokens, valid, RouteMode.REPLAY)
+    routes = m(tokens, valid).routes
+    with pytest.raises(InputError):
+        m(tokens, valid, RouteMode.REPLAY, routes=routes.to(torch.uint8))
+    with pytest.raises(InputError):
+        m(tokens, valid, RouteMode.REPLAY, routes=routes + SMALL.num_experts)
     with pytest.raises(InputError):
         m(tokens, valid[:, :5])
     with pytest.raises(InputError):
@@ -111,3 +116,16 @@ def test_bad_inputs_are_rejected() -> None:
         MoEConfig(hidden=30, num_heads=4)
     with pytest.raises(ConfigError):
         MoEConfig.from_dict({"balance": "sometimes"})
+
+
+def test_kv_cache_routes_match_a_full_recorded_forward() -> None:
+    torch.manual_seed(0)
+    m = MoELM(SMALL).to(torch.float64).eval()
+    tokens, valid = _batch(t=10)
+    full = m(tokens, valid)
+    cache = KVCache()
+    steps = [m(tokens[:, :6], valid[:, :6], cache=cache).routes]
+    for j in range(6, 10):
+        steps.append(m(tokens[:, j : j + 1], valid[:, j : j + 1], cache=cache).routes)
+    inc = torch.cat(steps, dim=1)
+    assert torch.equal(inc.sort(-1).values[valid], full.routes.sort(-1).values[valid])

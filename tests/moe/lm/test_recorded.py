@@ -59,10 +59,33 @@ def test_edited_loads_are_detected(run: RecordedRun, tmp_path: Path) -> None:
     with np.load(path) as data:
         arrays = dict(data)
     arrays["loads"] = arrays["loads"].copy()
-    arrays["loads"][0, 1, 0, 0, 0] += 1
-    np.savez_compressed(path, **arrays)
-    with pytest.raises(InputError, match="do not match"):
-        load_recorded(path)
+    for stage in (0, 1):
+        edited = dict(arrays)
+        edited["loads"] = arrays["loads"].copy()
+        edited["loads"][0, stage, 0, 0, 0] += 1
+        np.savez_compressed(path, **edited)
+        with pytest.raises(InputError, match="do not match"):
+            load_recorded(path)
+
+
+def test_a_no_replay_run_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = RLConfig(
+        steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        micro_batch_seqs=2,
+        shots=1,
+        max_new_tokens=3,
+        lr=3e-3,
+        replay=False,
+    )
+    run = run_rl(MoELM(SMALL), cfg).run
+    assert not run.replayed
+    path = tmp_path / "n.npz"
+    run.save(path)
+    back = load_recorded(path)
+    assert not back.replayed and np.array_equal(back.trace.loads, run.trace.loads)
 
 
 def test_missing_key_and_plain_trace_are_rejected(run: RecordedRun, tmp_path: Path) -> None:

@@ -95,6 +95,16 @@ class RLConfig:
                 raise ConfigError(f"RLConfig.{name} must be >= 1")
         if self.shots < 0 or not self.temperature > 0 or not self.lr > 0:
             raise ConfigError("RLConfig.shots must be >= 0, temperature and lr > 0")
+        if not 0 < self.clip_eps < 1 or self.aux_loss_coef < 0:
+            raise ConfigError("RLConfig.clip_eps must be in (0, 1) and aux_loss_coef >= 0")
+        if (
+            not self.ops
+            or any(op not in "+-*" for op in self.ops)
+            or not 1 <= self.max_operand <= 99
+        ):
+            raise ConfigError(
+                "RLConfig.ops must be a non-empty string of + - * and max_operand in [1, 99]"
+            )
         per_mini, rem = divmod(self.batch_seqs, self.mini_batches)
         if rem or per_mini % self.micro_batch_seqs:
             raise ConfigError(
@@ -149,8 +159,15 @@ def _mismatch(used: torch.Tensor, recorded: torch.Tensor, valid: torch.Tensor) -
     return int(diff.sum()), int(diff.numel())
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+def _token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Log-probabilities of ``targets`` under the sampling distribution (same temperature)."""
+    return (
+        torch.log_softmax(logits.float() / temperature, dim=-1)
+        .gather(-1, targets.unsqueeze(-1))
+        .squeeze(-1)
+    )
 
 
 def rl_step(
@@ -191,7 +208,7 @@ def rl_step(
         for micro in range(cfg.micro_steps):
             sl = slice(micro * m, (micro + 1) * m)
             out = model(inputs[sl], in_valid[sl], mode, routes=ro.routes[sl])
-            old_lp[sl] = _token_logprobs(out.logits, targets[sl])
+            old_lp[sl] = _token_logprobs(out.logits, targets[sl], cfg.temperature)
             loads[0, micro] = _loads(out.routes, in_valid[sl], e)
             bad, tot = _mismatch(out.routes, ro.routes[sl], in_valid[sl])
             mism[0][0] += bad
@@ -209,7 +226,7 @@ def rl_step(
         for micro in micros:
             sl = slice(micro * m, (micro + 1) * m)
             out = model(inputs[sl], in_valid[sl], mode, routes=ro.routes[sl])
-            new_lp = _token_logprobs(out.logits, targets[sl])
+            new_lp = _token_logprobs(out.logits, targets[sl], cfg.temperature)
             ratio = torch.exp(new_lp - old_lp[sl])
             a = advantages[sl].unsqueeze(1)
             surrogate = torch.minimum(

@@ -234,8 +234,11 @@ class MoELM(nn.Module):
         b, t = tokens.shape
         cfg = self.cfg
         want = (b, t, cfg.num_layers, cfg.top_k)
-        if mode is RouteMode.REPLAY and (routes is None or routes.shape != want):
-            raise InputError(f"replay needs routes of shape {want}")
+        if mode is RouteMode.REPLAY:
+            if routes is None or routes.shape != want or routes.dtype != torch.long:
+                raise InputError(f"replay needs int64 routes of shape {want}")
+            if routes.numel() and (int(routes.min()) < 0 or int(routes.max()) >= cfg.num_experts):
+                raise InputError(f"replay routes must name experts in [0, {cfg.num_experts})")
         prefix = 0 if cache is None or cache.key_valid is None else cache.key_valid.shape[1]
         if prefix == 0:
             pos = (valid.long().cumsum(1) - 1).clamp(min=0)

@@ -20,13 +20,15 @@ key                         shape                                      meaning
 ``seqs_per_micro``          int                                        micro-step size
 ``group_size``              int                                        GRPO group size
 ``recorded_format_version`` int                                        this format (1)
+``replayed``                bool (optional, default true)              update replayed routes
 ==========================  =========================================  =================
 
 Sequence ``i`` of a step belongs to micro-step ``i // seqs_per_micro``; ``T`` is the
 longest step's input width, shorter steps padded with invalid positions. :func:`load_recorded`
-checks every key, dtype and shape and that the update-stage loads equal the counts of the
-valid routes (router replay), so a truncated or hand-edited file fails with
-:class:`~llmsys.core.errors.InputError` instead of giving wrong statistics.
+checks the keys, the routes' and mask's dtypes, every shape, and - when the run replayed its
+routes - that both stages' loads equal the counts of the valid routes (a ``--no-replay``
+run re-routes, so its stage loads differ by design). A truncated or hand-edited file fails
+with :class:`~llmsys.core.errors.InputError` instead of giving wrong statistics.
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ class RecordedRun:
     """Sequences per micro-step."""
     group_size: int
     """GRPO group size."""
+    replayed: bool = True
+    """Whether recompute and update replayed the rollout's routes."""
 
     def __post_init__(self) -> None:
+        if self.seqs_per_micro < 1:
+            raise InputError("seqs_per_micro must be >= 1")
         steps, _, micro, layers, experts = self.trace.loads.shape
         k = self.trace.shape.top_k
         if self.routes.ndim != 5 or self.routes.shape[3:] != (layers, k):
@@ -119,6 +125,7 @@ class RecordedRun:
             seqs_per_micro=np.array(self.seqs_per_micro),
             group_size=np.array(self.group_size),
             recorded_format_version=np.array(RECORDED_FORMAT_VERSION),
+            replayed=np.array(self.replayed),
         )
 
 
@@ -153,6 +160,7 @@ def load_recorded(path: Path | None = None) -> RecordedRun:
                 rewards=np.asarray(data["rewards"]),
                 seqs_per_micro=int(data["seqs_per_micro"]),
                 group_size=int(data["group_size"]),
+                replayed=bool(data["replayed"]) if "replayed" in data.files else True,
             )
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InputError):
@@ -160,6 +168,10 @@ def load_recorded(path: Path | None = None) -> RecordedRun:
         raise InputError(f"{src}: not a recorded RL trace ({exc})") from exc
     if trace.stages != (Stage.RECOMPUTE, Stage.UPDATE):
         raise InputError(f"{src}: recorded traces hold the recompute and update stages")
-    if not np.array_equal(run.counted_loads(), trace.loads[:, 1]):
-        raise InputError(f"{src}: update-stage loads do not match the recorded routes")
+    if run.replayed:
+        counted = run.counted_loads()
+        for stage in (0, 1):
+            if not np.array_equal(counted, trace.loads[:, stage]):
+                name = trace.stages[stage].value
+                raise InputError(f"{src}: {name}-stage loads do not match the recorded routes")
     return run

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmsys.core.errors import InputError
 from llmsys.moe.lm.grpo import RLConfig, StepRecord, rl_step
 from llmsys.moe.lm.model import MoELM
 from llmsys.moe.lm.recorded import RecordedRun
@@ -43,6 +44,8 @@ def assemble(records: list[StepRecord], cfg: RLConfig, model: MoELM) -> Recorded
     width = max(r.rollout.routes.shape[1] for r in records)
     steps, seqs = len(records), cfg.batch_seqs
     layers, k = model.cfg.num_layers, model.cfg.top_k
+    if model.cfg.num_experts > 256:
+        raise InputError("recorded traces store routes as uint8: at most 256 experts")
     routes = np.zeros((steps, seqs, width, layers, k), dtype=np.uint8)
     valid = np.zeros((steps, seqs, width), dtype=np.bool_)
     tokens = np.zeros((steps, seqs, width), dtype=np.int16)
@@ -63,6 +66,7 @@ def assemble(records: list[StepRecord], cfg: RLConfig, model: MoELM) -> Recorded
         rewards=np.stack([r.rewards for r in records]).astype(np.float32),
         seqs_per_micro=cfg.micro_batch_seqs,
         group_size=cfg.group_size,
+        replayed=cfg.replay,
     )
 
 

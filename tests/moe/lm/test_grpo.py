@@ -74,3 +74,15 @@ def test_bad_rl_settings_are_config_errors() -> None:
     for bad in ({"ops": "/"}, {"max_operand": 0}, {"clip_eps": 0.0}, {"aux_loss_coef": -1.0}):
         with pytest.raises(ConfigError):
             RLConfig(**{**_fields(FAST), **bad})
+
+
+def test_special_ids_are_never_sampled() -> None:
+    from llmsys.moe.lm.rollout import byte_logprobs, rollout
+
+    m = _model()
+    with torch.no_grad():
+        m.tok_emb.weight[256:] *= 1000  # make the tied head favour PAD/BOS/EOS
+    lp = byte_logprobs(torch.randn(3, 260), 1.0)
+    assert torch.isinf(lp[:, 256:]).all() and torch.allclose(lp.exp().sum(-1), torch.ones(3))
+    ro = rollout(m, ["1+2=", "3+4="], 4, torch.Generator().manual_seed(0))
+    assert int(ro.tokens[ro.response_mask].max()) < 256

@@ -35,7 +35,7 @@ import torch
 
 from llmsys.core.errors import ConfigError
 from llmsys.moe.lm.model import MoELM, RouteMode
-from llmsys.moe.lm.rollout import Rollout, rollout
+from llmsys.moe.lm.rollout import Rollout, byte_logprobs, rollout
 from llmsys.moe.lm.tasks import make_problem, reward
 
 
@@ -163,11 +163,9 @@ def _token_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """Log-probabilities of ``targets`` under the sampling distribution (same temperature)."""
-    return (
-        torch.log_softmax(logits.float() / temperature, dim=-1)
-        .gather(-1, targets.unsqueeze(-1))
-        .squeeze(-1)
-    )
+    byte_targets = targets.clamp(max=255)  # special-id targets (padding) score 0, never -inf
+    lp = byte_logprobs(logits, temperature).gather(-1, byte_targets.unsqueeze(-1)).squeeze(-1)
+    return torch.where(targets < 256, lp, torch.zeros_like(lp))
 
 
 def rl_step(

@@ -58,6 +58,14 @@ class Rollout:
         return out
 
 
+def byte_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities over the vocabulary with the special ids (>= 256) excluded: a
+    response is bytes, so PAD/BOS/EOS can never be sampled or become a target."""
+    scaled = logits.float() / temperature
+    scaled[..., 256:] = float("-inf")
+    return torch.log_softmax(scaled, dim=-1)
+
+
 def encode_prompts(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``(tokens, valid)`` of each prompt's bytes."""
     if not prompts:
@@ -100,7 +108,7 @@ def rollout(
     all_resp, all_lp = [torch.zeros_like(valid)], [torch.zeros(b, p)]
     finished = torch.zeros(b, dtype=torch.bool)
     for step in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        logp = byte_logprobs(logits, temperature)
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         live = ~finished
         nxt = torch.where(live, nxt, torch.full_like(nxt, PAD))

@@ -147,7 +147,7 @@ def _loads(routes: torch.Tensor, valid: torch.Tensor, num_experts: int) -> npt.N
     """``[layers, experts]`` counts of ``routes [b, t, L, k]`` over valid positions."""
     r = routes[valid]  # [n, L, k]
     layers = r.shape[1]
-    offs = torch.arange(layers).view(1, layers, 1) * num_experts
+    offs = torch.arange(layers, device=r.device).view(1, layers, 1) * num_experts
     counts = torch.bincount((r + offs).reshape(-1), minlength=layers * num_experts)
     return counts.view(layers, num_experts).numpy().astype(np.int64)
 

@@ -154,7 +154,7 @@ class MoELayer(nn.Module):
         if self.cfg.balance is Balance.AUX_LOSS and self.training and bool(valid.any()):
             v = valid.to(x.dtype)
             n_valid = v.sum()
-            share = torch.zeros(e, dtype=x.dtype).index_add_(
+            share = torch.zeros(e, dtype=x.dtype, device=x.device).index_add_(
                 0, flat, v.repeat_interleave(self.cfg.top_k)
             ) / (n_valid * self.cfg.top_k)
             mean_prob = (probs * v.unsqueeze(-1)).sum(0) / n_valid
@@ -249,10 +249,12 @@ class MoELM(nn.Module):
             key_valid = torch.cat([cache.key_valid, valid], dim=1)
         if int(pos.max()) >= cfg.max_seq_tokens:
             raise InputError(f"sequence longer than max_seq_tokens={cfg.max_seq_tokens}")
-        causal = torch.ones(t, prefix + t, dtype=torch.bool).tril(diagonal=prefix)
+        dev = tokens.device
+        causal = torch.ones(t, prefix + t, dtype=torch.bool, device=dev).tril(diagonal=prefix)
         mask = causal.unsqueeze(0) & key_valid.unsqueeze(1)
-        diag = torch.zeros(t, prefix + t, dtype=torch.bool)
-        diag[torch.arange(t), prefix + torch.arange(t)] = True
+        diag = torch.zeros(t, prefix + t, dtype=torch.bool, device=dev)
+        rows = torch.arange(t, device=dev)
+        diag[rows, prefix + rows] = True
         mask = mask | diag.unsqueeze(0)  # a padding query sees itself, never an empty row
         if cache is not None:
             cache.key_valid = key_valid

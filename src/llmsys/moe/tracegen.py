@@ -22,6 +22,7 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -167,16 +168,19 @@ class RoutingTrace:
         if (self.loads < 0).any():
             raise InputError("trace loads must be >= 0")
 
+    def arrays(self) -> dict[str, Any]:
+        """The npz keys and arrays :meth:`save` writes (a recorder adds its own beside them)."""
+        return {
+            "loads": self.loads,
+            "stages": np.array([s.value for s in self.stages]),
+            "shape": np.array(json.dumps(asdict(self.shape))),
+            "tokens_per_micro": np.array(self.tokens_per_micro),
+            "format_version": np.array(TRACE_FORMAT_VERSION),
+        }
+
     def save(self, path: Path) -> None:
         """Write the trace as a compressed npz file."""
-        np.savez_compressed(
-            path,
-            loads=self.loads,
-            stages=np.array([s.value for s in self.stages]),
-            shape=np.array(json.dumps(asdict(self.shape))),
-            tokens_per_micro=np.array(self.tokens_per_micro),
-            format_version=np.array(TRACE_FORMAT_VERSION),
-        )
+        np.savez_compressed(path, **self.arrays())
 
 
 def load_trace(path: Path) -> RoutingTrace:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from llmsys.core.errors import ConfigError, InputError
 from llmsys.moe.baselines import plan_static
 from llmsys.moe.ep.executor import Executor, LossFn, MicroStep, MinibatchStats, rank_counts
+from llmsys.moe.lm.grpo import policy_loss
 from llmsys.moe.lm.model import ForwardOut
 from llmsys.moe.placement import Placement, Policy
 from llmsys.moe.planner import plan_foremoe
@@ -91,6 +92,8 @@ class UpdateConfig:
     """Optimizer steps per RL step."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollout (log-probs are taken at it, as in ``rl_step``)."""
     aux_loss_coef: float = 0.01
     """Weight of the router's balancing loss."""
     max_grad_norm: float = 1.0
@@ -101,6 +104,8 @@ class UpdateConfig:
     def __post_init__(self) -> None:
         if self.micro_batch_seqs < 1 or self.mini_batches < 1 or not self.max_grad_norm > 0:
             raise ConfigError("UpdateConfig counts and max_grad_norm must be positive")
+        if not self.temperature > 0:
+            raise ConfigError("UpdateConfig.temperature must be > 0")
         if self.policy not in (Policy.FOREMOE, Policy.STATIC):
             raise ConfigError(
                 f"the update runs foremoe or static placements, not {self.policy.value}"
@@ -197,12 +202,16 @@ def _loss(
 
     def loss_fn(out: ForwardOut, m: int, rows: slice) -> torch.Tensor:
         sl = slice(starts[m] + rows.start, starts[m] + rows.stop)
-        lp = torch.log_softmax(out.logits, dim=-1)
-        new_lp = lp.gather(-1, batch.targets[sl].unsqueeze(-1)).squeeze(-1)
-        ratio = torch.exp(new_lp - batch.old_logprobs[sl])
-        a = batch.advantages[sl].unsqueeze(1)
-        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
-        policy_loss = -(surrogate * batch.loss_mask[sl]).sum() / n_tokens
-        return policy_loss + cfg.aux_loss_coef * out.aux_loss / per_mini
+        loss = policy_loss(
+            out.logits,
+            batch.targets[sl],
+            batch.old_logprobs[sl],
+            batch.advantages[sl],
+            batch.loss_mask[sl],
+            cfg.clip_eps,
+            cfg.temperature,
+            n_tokens,
+        )
+        return loss + cfg.aux_loss_coef * out.aux_loss / per_mini
 
     return loss_fn

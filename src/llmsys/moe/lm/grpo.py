@@ -168,6 +168,25 @@ def _token_logprobs(
     return torch.where(targets < 256, lp, torch.zeros_like(lp))
 
 
+def policy_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    loss_mask: torch.Tensor,
+    clip_eps: float,
+    temperature: float,
+    n_tokens: int,
+) -> torch.Tensor:
+    """One micro-step's clipped PPO surrogate (negated), summed over ``loss_mask`` tokens
+    and divided by the mini-batch's ``n_tokens``; ``advantages`` is one per sequence."""
+    new_lp = _token_logprobs(logits, targets, temperature)
+    ratio = torch.exp(new_lp - old_logprobs)
+    a = advantages.unsqueeze(1)
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
+    return -(surrogate * loss_mask).sum() / n_tokens
+
+
 def rl_step(
     model: MoELM,
     opt: torch.optim.Optimizer,
@@ -224,14 +243,17 @@ def rl_step(
         for micro in micros:
             sl = slice(micro * m, (micro + 1) * m)
             out = model(inputs[sl], in_valid[sl], mode, routes=ro.routes[sl])
-            new_lp = _token_logprobs(out.logits, targets[sl], cfg.temperature)
-            ratio = torch.exp(new_lp - old_lp[sl])
-            a = advantages[sl].unsqueeze(1)
-            surrogate = torch.minimum(
-                ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a
+            loss = policy_loss(
+                out.logits,
+                targets[sl],
+                old_lp[sl],
+                advantages[sl],
+                resp[sl],
+                cfg.clip_eps,
+                cfg.temperature,
+                n_tokens,
             )
-            policy_loss = -(surrogate * resp[sl]).sum() / n_tokens
-            loss = policy_loss + cfg.aux_loss_coef * out.aux_loss / per_mini
+            loss = loss + cfg.aux_loss_coef * out.aux_loss / per_mini
             loss.backward()
             loads[1, micro] = _loads(out.routes, in_valid[sl], e)
             bad, tot = _mismatch(out.routes.detach(), ro.routes[sl], in_valid[sl])

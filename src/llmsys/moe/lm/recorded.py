@@ -113,11 +113,7 @@ class RecordedRun:
         """Write the npz described in the module docstring."""
         np.savez_compressed(
             path,
-            loads=self.trace.loads,
-            stages=np.array([s.value for s in self.trace.stages]),
-            shape=np.array(_shape_json(self.trace)),
-            tokens_per_micro=np.array(self.trace.tokens_per_micro),
-            format_version=np.array(1),
+            **self.trace.arrays(),
             routes=self.routes,
             valid=self.valid,
             tokens=self.tokens,
@@ -127,13 +123,6 @@ class RecordedRun:
             recorded_format_version=np.array(RECORDED_FORMAT_VERSION),
             replayed=np.array(self.replayed),
         )
-
-
-def _shape_json(trace: RoutingTrace) -> str:
-    import json
-    from dataclasses import asdict
-
-    return json.dumps(asdict(trace.shape))
 
 
 def load_recorded(path: Path | None = None) -> RecordedRun:

@@ -21,6 +21,8 @@ from llmsys.core.errors import InputError
 from llmsys.moe.lm.grpo import RLConfig, StepRecord, rl_step
 from llmsys.moe.lm.model import MoELM
 from llmsys.moe.lm.recorded import RecordedRun
+from llmsys.moe.lm.rollout import rollout
+from llmsys.moe.lm.tasks import make_problem, reward
 from llmsys.moe.tracegen import RoutingTrace, Stage
 
 
@@ -100,12 +102,9 @@ def evaluate_reward(
     The problems and the sampling generator depend only on ``seed``, so the figure is
     comparable before and after training.
     """
-    from llmsys.moe.lm.rollout import rollout as sample
-    from llmsys.moe.lm.tasks import make_problem, reward
-
     c = cfg if cfg is not None else RLConfig()
     rng = np.random.default_rng(seed)
     batch = [make_problem(rng, c.shots, c.ops, c.max_operand) for _ in range(problems)]
     gen = torch.Generator().manual_seed(seed)
-    ro = sample(model, [p.prompt for p in batch], c.max_new_tokens, gen, c.temperature)
+    ro = rollout(model, [p.prompt for p in batch], c.max_new_tokens, gen, c.temperature)
     return float(np.mean([reward(t, p.answer) for t, p in zip(ro.responses(), batch, strict=True)]))

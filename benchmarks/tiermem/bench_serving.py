@@ -40,6 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(c.value for c in CacheConfig),
         help="comma-separated configurations (recompute is the correctness reference)",
     )
+    parser.add_argument(
+        "--miss-requests",
+        type=int,
+        default=4,
+        help="no-reuse requests (256 prompt tokens each) for miss_path_overhead; 0 skips it",
+    )
+    parser.add_argument(
+        "--miss-repeats",
+        type=int,
+        default=None,
+        help="interleaved recompute/itme repeats of the miss workload (default 3; 5 with --full)",
+    )
+    parser.add_argument(
+        "--miss-only",
+        action="store_true",
+        help="measure only miss_path_overhead (no configuration comparison)",
+    )
     args = parser.parse_args(argv)
     ratios = (
         tuple(int(x) for x in args.ratios.split(","))
@@ -53,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip=args.skip,
         footprint_mib=400.0 if args.full else 120.0,
         ratios=ratios,
-        miss_requests=4,
-        repeats=5 if args.full else 3,
+        miss_requests=args.miss_requests,
+        repeats=args.miss_repeats or (5 if args.full else 3),
         serve_repeats=args.serve_repeats,
-        configs=tuple(parse_configs(args.configs)),
+        configs=() if args.miss_only else tuple(parse_configs(args.configs)),
     )
 
     def progress(label: str, done: int, total: int) -> None:

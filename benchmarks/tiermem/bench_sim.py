@@ -47,6 +47,11 @@ def _progress(label: str, done: int, total: int) -> None:
         print(f"  simulated {label}: {total} requests", file=sys.stderr, flush=True)
 
 
+def _served(label: str, done: int, total: int) -> None:
+    if done == total:
+        print(f"  served (measured) {label}: {total} requests", file=sys.stderr, flush=True)
+
+
 def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
     profile = load_profile(args.profile)
     started = time.perf_counter()
@@ -158,7 +163,7 @@ def serve_calibration(
         miss_requests=0,
         repeats=1,
     )
-    runs = [run_serving_bench(options, _progress) for _ in range(repeats)]
+    runs = [run_serving_bench(options, _served) for _ in range(repeats)]
     summary = dict(runs[0])
     summary["throughput_rps"] = {
         cfg: {

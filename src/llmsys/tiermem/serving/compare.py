@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ class ComparisonResult:
     """``{config: {ratio: (lower-tier block reads, block hops needed)}}``."""
     miss_path: dict[str, float]
     """Median queue wall time on a no-reuse workload: ``{"recompute": s, "itme": s}``."""
+    miss_path_walls: dict[str, list[float]] = field(default_factory=dict)
+    """Every interleaved repetition's wall time behind ``miss_path`` (the spread)."""
 
     def summary(self, headline_ratio: int = 4) -> dict[str, Any]:
         """The comparison's figures, keyed as the serving issue names them."""
@@ -138,6 +140,7 @@ class ComparisonResult:
         out["miss_path_overhead"] = (
             mp["itme"] / mp["recompute"] - 1 if mp.get("itme") and mp.get("recompute") else None
         )
+        out["miss_path_wall_s"] = self.miss_path_walls
         out.update(self._correctness())
         return out
 
@@ -274,8 +277,9 @@ def compare_configs(
                 runs.setdefault(cfg.value, {})[label] = res
                 reads.setdefault(cfg.value, {})[label] = read
         miss_path: dict[str, float] = {}
+        walls: dict[str, list[float]] = {}
         if miss_requests:
-            walls: dict[str, list[float]] = {"recompute": [], "itme": []}
+            walls = {"recompute": [], "itme": []}
             for rep in range(repeats):  # interleaved, medians: two noisy cores
                 for cfg in (CacheConfig.RECOMPUTE, CacheConfig.ITME):
                     res, _ = _serve(
@@ -291,7 +295,9 @@ def compare_configs(
                     )
                     walls[cfg.value].append(res.wall_s)
             miss_path = {k: statistics.median(v) for k, v in walls.items()}
-    return ComparisonResult(footprint, namespace.block_bytes, runs, all_runs, reads, miss_path)
+    return ComparisonResult(
+        footprint, namespace.block_bytes, runs, all_runs, reads, miss_path, walls
+    )
 
 
 def _ticker(

@@ -136,17 +136,20 @@ class ModelRunner:
         if end_block <= first_block:
             return []
         start, stop = first_block * g.block_tokens, end_block * g.block_tokens
-        layers = cache.layers
-        kv = torch.stack(
-            [
-                torch.stack((layers[i].keys[0, :, start:stop], layers[i].values[0, :, start:stop]))
-                for i in range(g.layers)
-            ]
-        )  # [layers, 2, heads, n*block_tokens, dim]
         n = end_block - first_block
-        kv = kv.view(g.layers, 2, g.kv_heads, n, g.block_tokens, g.head_dim)
-        out = kv.permute(3, 0, 1, 2, 4, 5).contiguous()  # [n, layers, 2, heads, B, dim]
-        raw = out.view(n, -1).view(torch.uint8).cpu().numpy()  # [n, block_bytes]
+        layers = cache.layers
+        # One strided copy per layer and K/V straight into the block layout (stacking
+        # first and permuting after copied every byte twice).
+        out = torch.empty(
+            (n, g.layers, 2, g.kv_heads, g.block_tokens, g.head_dim),
+            dtype=layers[0].keys.dtype,
+            device="cpu",
+        )
+        for i in range(g.layers):
+            for j, t in enumerate((layers[i].keys, layers[i].values)):
+                src = t[0, :, start:stop].view(g.kv_heads, n, g.block_tokens, g.head_dim)
+                out[:, i, j].copy_(src.transpose(0, 1))
+        raw = out.view(n, -1).view(torch.uint8).numpy()  # [n, block_bytes]
         return [raw[i] for i in range(n)]
 
     # -- compute -------------------------------------------------------------------------

@@ -194,7 +194,8 @@ class SsdTier(Tier):
         offset = entry.slot * self.stride_bytes
         # One preadv for header page + payload, then the hash. Overlapping the hash with
         # chunked reads on a helper thread, and separate header writes on puts, measured
-        # no better on either machine (python-xxhash holds the GIL while hashing).
+        # no better on either machine, although python-xxhash releases the GIL while
+        # hashing: thread hand-offs and two writes in flight cost more than the hash.
         try:
             want = PAGE_BYTES + len(target)
             got = os.preadv(self._fd, [page, target], offset)

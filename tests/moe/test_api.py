@@ -17,6 +17,7 @@ def test_all_is_pinned() -> None:
         "Policy",
         "Popularity",
         "QWEN3_30B_A3B",
+        "ReplicaCost",
         "RoutingTrace",
         "SimConfig",
         "SimResult",

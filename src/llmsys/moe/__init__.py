@@ -16,8 +16,9 @@ is known before the micro-step runs, so balancing is planning, not prediction.
    :class:`Placement` to a new :class:`Placement`: :func:`plan_foremoe` (ours),
    :func:`plan_static`, :func:`plan_eplb` / :func:`serve_eplb` (DeepSeek EPLB,
    :func:`rebalance_experts`), :func:`plan_reactive`, and :func:`solve_milp` (exact, small
-   instances). :func:`plan` dispatches on a :class:`Policy`. Planners are pure: they move
-   no data. The caller loads the weights of the slots :func:`slots_moved` reports;
+   instances). :func:`plan` dispatches on a :class:`Policy`. :func:`plan_foremoe` given a
+   :class:`ReplicaCost` keeps only replicas that pay their fixed costs. Planners are pure:
+   they move no data. The caller loads the weights of the slots :func:`slots_moved` reports;
    home experts keep weights and optimizer state, replicas are copies whose gradients
    are reduced back home.
 4. :func:`simulate` replays a trace through a policy on a simulated 64-GPU cluster
@@ -43,7 +44,13 @@ from llmsys.moe.baselines import (
     serve_eplb,
 )
 from llmsys.moe.milp import MilpSolution, SolverError, solve_milp
-from llmsys.moe.placement import InvalidPlacementError, Placement, Policy, slots_moved
+from llmsys.moe.placement import (
+    InvalidPlacementError,
+    Placement,
+    Policy,
+    ReplicaCost,
+    slots_moved,
+)
 from llmsys.moe.planner import check_load, pack_homes, plan_foremoe
 from llmsys.moe.policies import plan
 from llmsys.moe.simulator import (
@@ -81,6 +88,7 @@ __all__ = [
     "Placement",
     "Policy",
     "Popularity",
+    "ReplicaCost",
     "RoutingTrace",
     "SimConfig",
     "SimResult",

@@ -9,6 +9,12 @@ only to slots holding that expert. The JSON object (``to_json`` / ``from_json``)
 
 A slot *moves* (:func:`slots_moved`) when it now holds an expert whose weights it did not
 hold before; emptying a slot moves nothing.
+
+:class:`ReplicaCost` prices what a replica costs besides its tokens: every slot that
+computes tokens pays a fixed per-group cost (kernel launches, framework overhead), and a
+slot that computes tokens with weights it did not hold pays a move. :func:`gpu_cost` gives
+each GPU's modelled time in token-equivalents; a planner keeps a replica only where it
+lowers the busiest GPU's cost.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmsys.core.errors import InputError
+from llmsys.core.errors import ConfigError, InputError
 from llmsys.moe.topology import Topology
 
 IntArray = npt.NDArray[np.int64]
@@ -41,6 +47,51 @@ class Policy(enum.Enum):
     """Plain expert parallelism: home slots only, no replicas."""
     MILP = "milp"
     """Exact mixed-integer program (HiGHS); small instances only."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaCost:
+    """Fixed costs of computing on a slot, in tokens of one expert's compute.
+
+    A GPU's modelled time for one layer is ``tokens + group_cost_tokens * non-empty slots
+    + move_cost_tokens * slots computing with newly moved weights`` (:func:`gpu_cost`).
+    Measure both on the machine that runs the plan: the intercept and the per-token slope
+    of one expert's time against its rows give ``group_cost_tokens = intercept / slope``.
+
+    Raises:
+        ConfigError: a cost is negative or not finite.
+    """
+
+    group_cost_tokens: float
+    """Fixed cost of one non-empty expert slot in one pass (forward + backward in an update
+    stage), as the number of tokens that expert computes in the same time."""
+    move_cost_tokens: float = 0.0
+    """Cost, on the receiving GPU, of a slot computing with weights it did not hold before
+    (0 when the transfer hides fully under compute)."""
+
+    def __post_init__(self) -> None:
+        for name in ("group_cost_tokens", "move_cost_tokens"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ConfigError(f"ReplicaCost.{name} must be finite and >= 0, got {value}")
+
+
+def gpu_cost(
+    slot_tokens: IntArray, moved: BoolArray, topology: Topology, cost: ReplicaCost
+) -> FloatArray:
+    """``[num_layers, num_gpus]`` modelled time of each GPU in token-equivalents.
+
+    Args:
+        slot_tokens: ``[num_layers, num_slots]`` tokens each slot computes.
+        moved: ``[num_layers, num_slots]`` slots whose weights were moved in (only slots
+            that compute tokens pay for it).
+        topology: cluster shape (slots are GPU-major).
+        cost: fixed costs per slot.
+    """
+    busy = slot_tokens > 0
+    per_slot = slot_tokens + cost.group_cost_tokens * busy + cost.move_cost_tokens * (busy & moved)
+    out: FloatArray = per_slot.reshape(slot_tokens.shape[0], topology.num_gpus, -1).sum(-1)
+    return out
 
 
 class InvalidPlacementError(InputError):
@@ -117,6 +168,18 @@ class Placement:
         f = self.slot_filled
         np.add.at(out, (rows[f], self.slot_expert[f]), 1)
         return out
+
+    def modelled_cost(self, cost: ReplicaCost, previous: Placement | None = None) -> FloatArray:
+        """``[num_layers, num_gpus]`` :func:`gpu_cost` of this placement.
+
+        A slot pays a move when ``previous`` did not hold its expert there; without
+        ``previous`` no slot pays one.
+        """
+        moved = np.zeros_like(self.slot_filled)
+        if previous is not None:
+            same = previous.slot_filled & (previous.slot_expert == self.slot_expert)
+            moved = self.slot_filled & ~same
+        return gpu_cost(self.slot_tokens, moved, self.topology, cost)
 
     def check_against(self, load: IntArray) -> None:
         """Raise :class:`InvalidPlacementError` unless this placement serves ``load``.

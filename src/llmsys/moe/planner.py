@@ -25,6 +25,12 @@ The hierarchy, per layer:
    lookahead window, slots whose expert is needed soonest are evicted last.
 3. *Token split.* Each replica takes exactly the integer amount placed on it; the home slot
    keeps the rest, so every expert's tokens are conserved exactly.
+4. *Cost check* (with a :class:`~llmsys.moe.placement.ReplicaCost`). Replicas are not free:
+   each busy slot pays a fixed per-group cost and a slot with new weights pays a move.
+   Replicas are given back to their homes, smallest first, while that does not raise the
+   layer's busiest modelled GPU cost (:func:`~llmsys.moe.placement.gpu_cost`); if the
+   home-only split is no worse than what is left, the layer keeps its homes only. So a
+   layer never costs more, in the model, than static placement.
 
 Unused redundant slots keep their previous expert (zero tokens, nothing moves).
 """
@@ -37,7 +43,7 @@ from scipy.optimize import linear_sum_assignment
 
 from llmsys.core.errors import InputError
 from llmsys.moe.packing import pack_compiled, pack_vectorised
-from llmsys.moe.placement import Placement, Policy
+from llmsys.moe.placement import Placement, Policy, ReplicaCost, gpu_cost
 from llmsys.moe.topology import HomeLayout, Topology, home_counts
 
 IntArray = npt.NDArray[np.int64]
@@ -194,6 +200,7 @@ def balance(
     window: IntArray | None = None,
     stickiness: float = 0.02,
     compiled: bool = True,
+    cost: ReplicaCost | None = None,
 ) -> tuple[IntArray, BoolArray, IntArray]:
     """Fill the redundant slots for ``load`` and split tokens; return slot arrays.
 
@@ -207,6 +214,7 @@ def balance(
             current expert is worth when choosing where a piece goes (fewer weight moves
             at the price of a little balance).
         compiled: use the numba-compiled packing loop (False: the numpy reference).
+        cost: fixed costs of a replica; None keeps every replica the packing placed.
 
     Returns:
         ``slot_expert``, ``slot_filled``, ``slot_tokens``, each ``[L, num_slots]``.
@@ -286,7 +294,86 @@ def balance(
     slot_expert[:, red] = r_expert
     slot_filled[:, red] = r_filled
     slot_tokens[:, red] = r_tokens
+    if cost is not None:
+        _prune_replicas(
+            slot_expert,
+            slot_filled,
+            slot_tokens,
+            home_slot,
+            red,
+            prev_expert,
+            prev_filled,
+            topo,
+            cost,
+        )
     return slot_expert, slot_filled, slot_tokens
+
+
+def _prune_replicas(
+    slot_expert: IntArray,
+    slot_filled: BoolArray,
+    slot_tokens: IntArray,
+    home_slot: IntArray,
+    red: IntArray,
+    prev_expert: IntArray | None,
+    prev_filled: BoolArray | None,
+    topo: Topology,
+    cost: ReplicaCost,
+) -> None:
+    """Give replicas back to their homes where they do not pay (step 4), in place.
+
+    A given-back slot keeps the expert it held before (nothing moves), or is emptied on a
+    cold start. Arrays are ``[L, num_slots]``; ``home_slot`` is ``[L, E]``.
+    """
+    for layer in range(slot_tokens.shape[0]):
+        moved = np.zeros(topo.num_slots, dtype=bool)
+        if prev_expert is not None and prev_filled is not None:
+            held = prev_filled[layer, red] & (prev_expert[layer, red] == slot_expert[layer, red])
+            moved[red] = ~held
+        else:
+            moved[red] = True
+        home_of = home_slot[layer, slot_expert[layer]]  # [num_slots] home of each slot's expert
+        tokens = _kept_tokens(slot_tokens[layer], moved, home_of, red, topo, cost)
+        emptied = red[(tokens[red] == 0) & (slot_tokens[layer, red] > 0)]
+        if emptied.size:
+            if prev_expert is not None and prev_filled is not None:
+                slot_expert[layer, emptied] = prev_expert[layer, emptied]
+                slot_filled[layer, emptied] = prev_filled[layer, emptied]
+            else:
+                slot_expert[layer, emptied] = 0
+                slot_filled[layer, emptied] = False
+        slot_tokens[layer] = tokens
+
+
+def _kept_tokens(
+    tokens: IntArray,
+    moved: BoolArray,
+    home_of: IntArray,
+    red: IntArray,
+    topo: Topology,
+    cost: ReplicaCost,
+) -> IntArray:
+    """One layer's ``[num_slots]`` tokens after giving back replicas that do not pay."""
+
+    def busiest(t: IntArray) -> float:
+        return float(gpu_cost(t[None, :], moved[None, :], topo, cost).max())
+
+    def give_back(t: IntArray, slots: IntArray) -> IntArray:
+        out = t.copy()
+        np.add.at(out, home_of[slots], t[slots])
+        out[slots] = 0
+        return out
+
+    busy = red[tokens[red] > 0]
+    busy = busy[np.argsort(tokens[busy], kind="stable")]
+    current = busiest(tokens)
+    for slot in busy:
+        trial = give_back(tokens, busy[busy == slot])
+        trial_cost = busiest(trial)
+        if trial_cost <= current:  # ties go home: fewer replicas, fewer moves
+            tokens, current = trial, trial_cost
+    home_only = give_back(tokens, red[tokens[red] > 0])
+    return home_only if busiest(home_only) <= current else tokens
 
 
 def plan_foremoe(
@@ -296,6 +383,7 @@ def plan_foremoe(
     lookahead: npt.ArrayLike | None = None,
     policy: Policy = Policy.FOREMOE,
     homes: HomeLayout | None = None,
+    cost: ReplicaCost | None = None,
 ) -> Placement:
     """Plan one micro-step with ForeMoE's hierarchical, migration-aware heuristic.
 
@@ -309,6 +397,9 @@ def plan_foremoe(
         policy: recorded in the result (the reactive baseline reuses this path).
         homes: home layout to use, overriding the one ``previous`` carries. Without either,
             homes are packed from ``load`` plus ``lookahead`` (:func:`pack_homes`).
+        cost: fixed costs of a replica (per busy slot and per move); with it, a layer keeps
+            only the replicas that lower its busiest GPU's modelled cost (step 4). None:
+            replicas are free, as in the simulator's planning.
 
     Raises:
         InputError: bad load or lookahead, or ``previous`` does not match the shape.
@@ -337,5 +428,5 @@ def plan_foremoe(
         homes = pack_homes(horizon.mean(axis=0), topology)
     elif homes.home_table.shape[0] != arr.shape[0] or homes.num_experts != arr.shape[1]:
         raise InputError("home layout does not match the load's layers and experts")
-    expert, filled, tokens = balance(arr, homes, prev_expert, prev_filled, window)
+    expert, filled, tokens = balance(arr, homes, prev_expert, prev_filled, window, cost=cost)
     return Placement(policy, topology, arr.shape[1], expert, filled, tokens)

@@ -10,6 +10,7 @@ from llmsys.core.errors import ConfigError
 from llmsys.moe.ep.dist import DistConfig
 from llmsys.moe.ep.replay import plan_replay, run_replay
 from llmsys.moe.lm.recorded import RecordedRun
+from llmsys.moe.placement import ReplicaCost
 from llmsys.moe.tracegen import ModelShape, RoutingTrace, Stage
 
 
@@ -56,6 +57,43 @@ def test_plan_serves_every_micro_step_with_both_policies() -> None:
     )
     with pytest.raises(ConfigError):
         plan_replay(run, steps=0, redundant_slots=2)
+
+
+def test_plan_scales_widths_and_tokens_with_the_same_routes() -> None:
+    run = tiny_run()
+    base = plan_replay(run, steps=1, redundant_slots=2)
+    plan = plan_replay(run, 1, 2, hidden=32, expert_ffn=40, tokens_scale=3)
+    assert (plan.model["hidden"], plan.model["expert_ffn"]) == (32, 40)
+    assert (plan.trace.shape.hidden, plan.trace.shape.expert_ffn) == (32, 40)
+    assert plan.trace.tokens_per_micro == 3 * run.trace.tokens_per_micro
+    np.testing.assert_array_equal(plan.trace.loads, 3 * run.trace.loads)
+    for mini, mini0 in zip(plan.minis, base.minis, strict=True):
+        for it, it0 in zip(mini["items"], mini0["items"], strict=True):
+            # every sequence three times in a row: each rank keeps its own sequences
+            np.testing.assert_array_equal(it["routes"], it0["routes"].repeat(3, axis=0))
+            np.testing.assert_array_equal(it["adv"], it0["adv"].repeat(3))
+            assert it["static"].slot_tokens.tolist() == (3 * it0["static"].slot_tokens).tolist()
+            it["foremoe"].check_against(3 * it0["static"].expert_tokens())
+    with pytest.raises(ConfigError):
+        plan_replay(run, 1, 2, tokens_scale=0)
+    with pytest.raises(ConfigError):
+        plan_replay(run, 1, 2, hidden=30)  # not a multiple of the 4 heads
+
+
+def test_plan_with_a_prohibitive_replica_cost_is_static() -> None:
+    run = tiny_run()
+    # a move cost far above any token count: no replica can pay for its weights (a group
+    # cost alone need not be prohibitive: a rank with fewer busy experts has room for it)
+    plan = plan_replay(run, 2, 2, cost=ReplicaCost(0.0, 1e9))
+    for mini in plan.minis:
+        for it in mini["items"]:
+            assert it["foremoe"].slot_tokens.tolist() == it["static"].slot_tokens.tolist()
+    free = plan_replay(run, 2, 2)
+    assert any(
+        it["foremoe"].slot_tokens.tolist() != it["static"].slot_tokens.tolist()
+        for mini in free.minis
+        for it in mini["items"]
+    )
 
 
 def test_run_replay_records_every_minibatch_on_both_ranks() -> None:

@@ -23,7 +23,9 @@ target, so its output is left zero):
 3. **dispatch**: one uneven all-to-all sends each (token, expert) row to its slot's rank,
    grouped by slot;
 4. **compute** each local slot's expert - home parameters, or replica weights from the
-   :class:`~llmsys.moe.ep.replicas.ReplicaStore` (which waits for a copy in flight);
+   :class:`~llmsys.moe.ep.replicas.ReplicaStore` (which waits for a copy in flight); the
+   local slots of one expert (two replicas, or a replica beside its home) run as one
+   group, one pass, since a pass has a fixed cost whatever its rows;
 5. **combine**: the reverse all-to-all brings the rows back; the sender scales them by the
    combine weights and sums them per token.
 
@@ -338,13 +340,14 @@ class EPMoELayer(nn.Module):
         starts = (np.cumsum(block.ravel()) - block.ravel()).reshape(block.shape)
         parts: list[IntArray] = []
         local_slots: list[tuple[int, int]] = []
-        for s in range(spr):
-            n = int(block[:, s].sum())
-            if n:
-                local_slots.append((rank * spr + s, n))
-                parts.extend(
-                    np.arange(starts[g, s], starts[g, s] + block[g, s]) for g in range(self.world)
-                )
+        # slots of one expert side by side, so _compute runs them in one pass
+        busy = [s for s in range(spr) if block[:, s].any()]
+        busy.sort(key=lambda s: (int(step.slot_expert[rank * spr + s]), s))
+        for s in busy:
+            local_slots.append((rank * spr + s, int(block[:, s].sum())))
+            parts.extend(
+                np.arange(starts[g, s], starts[g, s] + block[g, s]) for g in range(self.world)
+            )
         recv_order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return perm, in_splits, out_splits, recv_order.astype(np.int64), local_slots
 
@@ -361,18 +364,23 @@ class EPMoELayer(nn.Module):
         order_t = torch.from_numpy(recv_order).to(recv.device)
         grouped = recv[order_t]
         w1s, w3s, w2s = self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0)
-        replicas: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        outs: list[torch.Tensor] = []
-        offset = 0
+        # one pass per expert: its slots here (home and replicas, or two replicas) are
+        # adjacent in receive order (see _layout) and share one set of weights
+        runs: list[tuple[int, int]] = []
         for slot, n in local_slots:
             e = int(step.slot_expert[slot])
+            if runs and runs[-1][0] == e:
+                runs[-1] = (e, runs[-1][1] + n)
+            else:
+                runs.append((e, n))
+        outs: list[torch.Tensor] = []
+        offset = 0
+        for e, n in runs:
             i = self._home_index.get(e)
             if i is not None:
                 w = (w1s[i], w3s[i], w2s[i])
             else:
-                if e not in replicas:
-                    replicas[e] = self.store.weights((self.layer_index, e))
-                w = replicas[e]
+                w = self.store.weights((self.layer_index, e))
             outs.append(expert_forward(grouped[offset : offset + n], *w))
             offset += n
         out_sorted = torch.cat(outs)

@@ -22,6 +22,7 @@ optimizer step is not run (it is the same for both policies). Each rank returns 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from llmsys.moe.ep.transfer import HostCopy, LinkModel, TransferEngine, Transfer
 from llmsys.moe.lm.config import MoEConfig
 from llmsys.moe.lm.model import ForwardOut, MoELM, expert_forward
 from llmsys.moe.lm.recorded import RecordedRun
-from llmsys.moe.placement import Placement
+from llmsys.moe.placement import Placement, ReplicaCost
 from llmsys.moe.planner import plan_foremoe
 from llmsys.moe.topology import Topology, home_layout
 from llmsys.moe.tracegen import RoutingTrace
@@ -61,7 +62,8 @@ class ReplayPlan:
     topology: Topology
     """One node, ``world_size`` ranks, homes plus ``redundant`` slots each."""
     trace: RoutingTrace = field(repr=False)
-    """The loads of the recorded run (the simulator reads its shape and token count)."""
+    """The loads of the recorded run with the executed model's shape (the simulator reads
+    its shape and token count)."""
     minis: list[dict[str, Any]] = field(repr=False)
     """Per mini-batch: ``step`` and ``items`` (per micro-step: ``tokens``, ``valid``,
     ``routes``, ``adv`` arrays and the ``static`` and ``foremoe`` placements)."""
@@ -88,15 +90,38 @@ def plan_replay(
     redundant_slots: int,
     world_size: int = 2,
     mini_batches_per_step: int = 2,
+    hidden: int | None = None,
+    expert_ffn: int | None = None,
+    cost: ReplicaCost | None = None,
+    tokens_scale: int = 1,
 ) -> ReplayPlan:
     """Cut the update stage into mini-batches and plan both policies ahead.
 
+    Routes are replayed, so the executed model's widths need not be the recorded model's:
+    ``hidden`` and ``expert_ffn`` override them (the trace in the plan carries the executed
+    shape, so the simulator times what runs). ``tokens_scale`` runs every sequence of a
+    micro-step that many times (each rank keeps its own sequences, repeated), so loads and
+    rows per expert grow ``tokens_scale``-fold with the recorded skew unchanged. ``cost``
+    makes the ForeMoE placements cost-aware (:class:`~llmsys.moe.placement.ReplicaCost`).
+
     Raises:
-        ConfigError: counts below 1, or micro-steps that do not split into mini-batches.
+        ConfigError: counts below 1, micro-steps that do not split into mini-batches, or
+            widths the model does not accept.
     """
-    if steps < 1 or redundant_slots < 0 or world_size < 1 or mini_batches_per_step < 1:
-        raise ConfigError("steps, world_size and mini-batches must be >= 1, slots >= 0")
-    shape = run.trace.shape
+    if min(steps, world_size, mini_batches_per_step, tokens_scale) < 1 or redundant_slots < 0:
+        raise ConfigError("steps, world_size, mini-batches, tokens_scale >= 1, slots >= 0")
+    k = tokens_scale
+    shape = dataclasses.replace(
+        run.trace.shape,
+        hidden=run.trace.shape.hidden if hidden is None else hidden,
+        expert_ffn=run.trace.shape.expert_ffn if expert_ffn is None else expert_ffn,
+    )
+    trace = dataclasses.replace(
+        run.trace,
+        shape=shape,
+        loads=run.trace.loads * k,
+        tokens_per_micro=run.trace.tokens_per_micro * k,
+    )
     cfg = MoEConfig(
         num_layers=shape.num_layers,
         hidden=shape.hidden,
@@ -122,21 +147,21 @@ def plan_replay(
                 rows = slice(m * spm, (m + 1) * spm)
                 valid = run.valid[s, rows]
                 width = int(np.flatnonzero(valid.any(axis=0)).max(initial=0)) + 1
-                load = run.trace.loads[s, 1, m]
-                fore = plan_foremoe(load, topo, prev, homes=homes)
+                load = trace.loads[s, 1, m]
+                fore = plan_foremoe(load, topo, prev, homes=homes, cost=cost)
                 prev = fore
                 items.append(
                     {
-                        "tokens": run.tokens[s, rows, :width].astype(np.int64),
-                        "valid": valid[:, :width],
-                        "routes": run.routes[s, rows, :width].astype(np.int64),
-                        "adv": adv[rows],
+                        "tokens": run.tokens[s, rows, :width].astype(np.int64).repeat(k, 0),
+                        "valid": valid[:, :width].repeat(k, 0),
+                        "routes": run.routes[s, rows, :width].astype(np.int64).repeat(k, 0),
+                        "adv": adv[rows].repeat(k),
                         "static": plan_static(load, topo),
                         "foremoe": fore,
                     }
                 )
             minis.append({"step": s, "items": items})
-    return ReplayPlan(cfg.to_dict(), topo, run.trace, minis)
+    return ReplayPlan(cfg.to_dict(), topo, trace, minis)
 
 
 def calibrate_links(
@@ -169,13 +194,11 @@ def calibrate_links(
     return LinkModel(1e-6, nbytes / d, 1e-6, nbytes / c)
 
 
-def measure_primitives(cfg: MoEConfig, world: int) -> dict[str, float]:
-    """This rank's figures for the simulator's time model. Collective.
-
-    One expert's forward + backward at 8..256 rows (slope: FLOP/s; intercept: overhead per
-    expert group and pass) and gloo all-to-alls of 8..1024 rows per peer (latency and
-    bandwidth). Fastest of 20 runs each: on a shared machine noise only adds time.
-    """
+def measure_expert_cost(cfg: MoEConfig) -> tuple[float, float]:
+    """``(seconds per row, fixed seconds per group)`` of one expert's forward + backward on
+    this thread: a line through the fastest of 20 runs at 8..256 rows (on a shared machine
+    noise only adds time). The slope is clamped above zero: a model too small for its
+    compute to show under the overhead can fit a slope of zero or below."""
     d, f = cfg.hidden, cfg.expert_ffn
     w = [torch.randn(d, f) / 11, torch.randn(d, f) / 11, torch.randn(f, d) / 11]
     for t in w:
@@ -191,6 +214,36 @@ def measure_primitives(cfg: MoEConfig, world: int) -> dict[str, float]:
             ts.append(time.perf_counter() - t0)
         times.append(min(ts))
     slope, intercept = np.polyfit(sizes, times, 1)
+    return float(max(slope, 1e-12)), float(max(intercept, 0.0))
+
+
+def measure_replica_cost(cfg: MoEConfig) -> ReplicaCost:
+    """The :class:`~llmsys.moe.placement.ReplicaCost` of ``cfg`` 's experts on this thread.
+
+    Group cost: :func:`measure_expert_cost`'s intercept over its slope. Move cost: one
+    expert's float32 weights copied in memory (what a host-path move costs the receiving
+    core on a CPU), median of 20, over the slope.
+    """
+    row_s, group_s = measure_expert_cost(cfg)
+    numel = 3 * cfg.hidden * cfg.expert_ffn
+    src, dst = torch.randn(numel), torch.empty(numel)
+    ts = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        ts.append(time.perf_counter() - t0)
+    return ReplicaCost(group_s / row_s, float(np.median(ts)) / row_s)
+
+
+def measure_primitives(cfg: MoEConfig, world: int) -> dict[str, float]:
+    """This rank's figures for the simulator's time model. Collective.
+
+    One expert's forward + backward (:func:`measure_expert_cost`: FLOP/s from the slope,
+    overhead per expert group and pass from the intercept) and gloo all-to-alls of
+    8..1024 rows per peer (latency and bandwidth, fastest of 20).
+    """
+    d, f = cfg.hidden, cfg.expert_ffn
+    slope, intercept = measure_expert_cost(cfg)
     rows = np.array([8, 64, 256, 1024])
     a2a = []
     for r in rows:
@@ -206,9 +259,7 @@ def measure_primitives(cfg: MoEConfig, world: int) -> dict[str, float]:
     a_slope, a_intercept = np.polyfit(rows * world * d * 4, a2a, 1)
     return {
         # forward + backward = 3 x the forward's 6 d f FLOPs per row
-        # (a model too small for its compute to show under the overhead can fit a slope
-        # of zero or below: clamp, the overhead term then carries its time)
-        "flops": float(3 * 6 * d * f / max(slope, 1e-12)),
+        "flops": float(3 * 6 * d * f / slope),
         "gemm_overhead_s": float(max(intercept / 3, 1e-7)),
         "a2a_latency_s": float(max(a_intercept, 1e-7)),
         "link_bytes_per_s": float(1.0 / max(a_slope, 1e-15)),

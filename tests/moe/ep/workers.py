@@ -194,17 +194,16 @@ def fail_on(rank: int, world: int, bad: int, how: str) -> int:
     return int(t[0])
 
 
-def executor_run(rank: int, world: int, link: str, run_id: str) -> dict[str, Any]:
-    """Two mini-batches of a 2-layer model under changing placements, weights moved by the
-    transfer engine over the chosen path mix; gradients compared with one process."""
+def _sharded_tiny(rank: int, world: int, seed: int, run_id: str) -> tuple[Any, ...]:
+    """A seeded 2-layer float64 model, its single-process copy, and this rank's shard:
+    ``(cfg, ref, model, topo, homes, store, layers, host)``; the host copy's files are mapped by
+    every rank and already unlinked."""
     import copy
     from pathlib import Path
 
-    import torch.nn.functional as F
-
-    from llmsys.moe.ep.executor import Executor, MicroStep, rank_counts, shard_model
-    from llmsys.moe.ep.transfer import HostCopy, LinkModel, TransferEngine, TransferPath
-    from llmsys.moe.lm.model import MoELM, RouteMode
+    from llmsys.moe.ep.executor import shard_model
+    from llmsys.moe.ep.transfer import HostCopy
+    from llmsys.moe.lm.model import MoELM
 
     torch.set_default_dtype(torch.float64)
     cfg = MoEConfig(
@@ -216,19 +215,13 @@ def executor_run(rank: int, world: int, link: str, run_id: str) -> dict[str, Any
         expert_ffn=12,
         max_seq_tokens=32,
     )
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     ref = MoELM(cfg).double().train()
     model = copy.deepcopy(ref)
     topo = Topology(1, world, cfg.num_experts // world + 2)
     homes = home_layout(topo, cfg.num_experts, cfg.num_layers)
     store = ReplicaStore(wait_timeout_s=30.0)
     layers = shard_model(model, homes, rank, store)
-    fast, slow = 1e9, 1e3
-    models = {
-        "direct": LinkModel(1e-6, fast, 1e-6, slow),
-        "host": LinkModel(1e-6, slow, 1e-6, fast),
-        "mixed": LinkModel(1e-6, fast, 1e-6, fast),
-    }
     host = HostCopy(
         Path("/dev/shm"),
         run_id,
@@ -241,6 +234,26 @@ def executor_run(rank: int, world: int, link: str, run_id: str) -> dict[str, Any
     dist.barrier()  # all ranks mapped the files: remove them, the mappings stay valid
     if rank == 0:
         host.unlink()
+    return cfg, ref, model, topo, homes, store, layers, host
+
+
+def executor_run(rank: int, world: int, link: str, run_id: str) -> dict[str, Any]:
+    """Two mini-batches of a 2-layer model under changing placements, weights moved by the
+    transfer engine over the chosen path mix; gradients compared with one process."""
+
+    import torch.nn.functional as F
+
+    from llmsys.moe.ep.executor import Executor, MicroStep, rank_counts
+    from llmsys.moe.ep.transfer import LinkModel, TransferEngine, TransferPath
+    from llmsys.moe.lm.model import RouteMode
+
+    cfg, ref, model, topo, homes, store, layers, host = _sharded_tiny(rank, world, 5, run_id)
+    fast, slow = 1e9, 1e3
+    models = {
+        "direct": LinkModel(1e-6, fast, 1e-6, slow),
+        "host": LinkModel(1e-6, slow, 1e-6, fast),
+        "mixed": LinkModel(1e-6, fast, 1e-6, fast),
+    }
     group = dist.new_group(backend="gloo")
     engine = TransferEngine(layers, store, models[link], host, group, timeout_s=30.0)
     executor = Executor(model, layers, store, engine)
@@ -337,43 +350,13 @@ class _SGD:
 
 def update_run(rank: int, world: int, policy: str, run_id: str) -> dict[str, Any]:
     """One GRPO update (2 mini-batches, clipped) on the EP model vs one process."""
-    import copy
-    from pathlib import Path
 
-    from llmsys.moe.ep.executor import Executor, shard_model
-    from llmsys.moe.ep.transfer import HostCopy, LinkModel, TransferEngine
+    from llmsys.moe.ep.executor import Executor
+    from llmsys.moe.ep.transfer import LinkModel, TransferEngine
     from llmsys.moe.ep.update import UpdateBatch, UpdateConfig, _loss, run_update
-    from llmsys.moe.lm.model import MoELM, RouteMode
+    from llmsys.moe.lm.model import RouteMode
 
-    torch.set_default_dtype(torch.float64)
-    cfg = MoEConfig(
-        num_layers=2,
-        hidden=16,
-        num_heads=2,
-        num_experts=8,
-        top_k=2,
-        expert_ffn=12,
-        max_seq_tokens=32,
-    )
-    torch.manual_seed(7)
-    ref = MoELM(cfg).double().train()
-    model = copy.deepcopy(ref)
-    topo = Topology(1, world, cfg.num_experts // world + 2)
-    homes = home_layout(topo, cfg.num_experts, cfg.num_layers)
-    store = ReplicaStore(wait_timeout_s=30.0)
-    layers = shard_model(model, homes, rank, store)
-    host = HostCopy(
-        Path("/dev/shm"),
-        run_id,
-        cfg.num_layers,
-        cfg.num_experts,
-        layers[0].expert_numel,
-        world,
-        torch.float64,
-    )
-    dist.barrier()  # all ranks mapped the files: remove them, the mappings stay valid
-    if rank == 0:
-        host.unlink()
+    cfg, ref, model, _, homes, store, layers, host = _sharded_tiny(rank, world, 7, run_id)
     engine = TransferEngine(
         layers, store, LinkModel(1e-6, 1e9, 1e-6, 1e9), host, dist.new_group(backend="gloo")
     )

@@ -52,7 +52,7 @@ from llmsys.core.errors import ConfigError, InputError
 from llmsys.moe.ep.comm import ProcessGroup, all_to_all
 from llmsys.moe.ep.replicas import ReplicaStore
 from llmsys.moe.lm.config import Balance, MoEConfig
-from llmsys.moe.lm.model import MoELayer, expert_forward
+from llmsys.moe.lm.model import MoELayer, expert_forward, route_tokens
 from llmsys.moe.placement import InvalidPlacementError
 from llmsys.moe.topology import HomeLayout
 
@@ -262,11 +262,7 @@ class EPMoELayer(nn.Module):
         self, x: torch.Tensor, routes: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(probs [n, E], routes [n, k], combine weights [n, k])``, as the reference."""
-        probs = torch.softmax(self.router(x), dim=-1)
-        if routes is None:
-            routes = torch.topk(probs, self.cfg.top_k, dim=-1).indices
-        picked = probs.gather(1, routes)
-        return probs, routes, picked / picked.sum(dim=-1, keepdim=True)
+        return route_tokens(self.router, x, routes, self.cfg.top_k)
 
     def forward(
         self, x: torch.Tensor, routes: torch.Tensor | None, valid: torch.Tensor

@@ -92,6 +92,22 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def route_tokens(
+    router: nn.Module, x: torch.Tensor, routes: torch.Tensor | None, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(probs [n, E], routes [n, k], combine weights [n, k])`` for tokens ``x [n, d]``.
+
+    ``routes`` None records (top-k of the live scores); given routes are replayed, their
+    weights gathered from the live scores, so the router keeps its gradient. The one
+    routing rule of the reference layer and the expert-parallel layer.
+    """
+    probs = torch.softmax(router(x), dim=-1)
+    if routes is None:
+        routes = torch.topk(probs, top_k, dim=-1).indices
+    picked = probs.gather(1, routes)
+    return probs, routes, picked / picked.sum(dim=-1, keepdim=True)
+
+
 class MoELayer(nn.Module):
     """Router plus ``num_experts`` SwiGLU experts stored as stacked weight tensors."""
 
@@ -117,12 +133,7 @@ class MoELayer(nn.Module):
         self, x: torch.Tensor, routes: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(probs [n, E], routes [n, k], combine weights [n, k])`` for tokens ``x [n, d]``."""
-        probs = torch.softmax(self.router(x), dim=-1)
-        if routes is None:
-            routes = torch.topk(probs, self.cfg.top_k, dim=-1).indices
-        picked = probs.gather(1, routes)
-        weights = picked / picked.sum(dim=-1, keepdim=True)
-        return probs, routes, weights
+        return route_tokens(self.router, x, routes, self.cfg.top_k)
 
     def forward(
         self, x: torch.Tensor, routes: torch.Tensor | None, valid: torch.Tensor

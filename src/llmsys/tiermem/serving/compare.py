@@ -91,10 +91,9 @@ class ComparisonResult:
     """Every repetition of each run, interleaved across configurations (timings)."""
     reads: dict[str, dict[str, tuple[int, int]]]
     """``{config: {ratio: (lower-tier block reads, block hops needed)}}``."""
-    miss_path: dict[str, float]
-    """Median queue wall time on a no-reuse workload: ``{"recompute": s, "itme": s}``."""
     miss_path_walls: dict[str, list[float]] = field(default_factory=dict)
-    """Every interleaved repetition's wall time behind ``miss_path`` (the spread)."""
+    """Queue wall time of every interleaved repetition on a no-reuse workload:
+    ``{"recompute": [s, ...], "itme": [s, ...]}`` (empty when not measured)."""
 
     def summary(self, headline_ratio: int = 4) -> dict[str, Any]:
         """The comparison's figures, keyed as the serving issue names them."""
@@ -136,7 +135,7 @@ class ComparisonResult:
         out["redundant_read_ratio"] = (
             (reads[0] / reads[1] if reads[1] else 1.0) if reads is not None else None
         )
-        mp = self.miss_path
+        mp = {k: statistics.median(v) for k, v in self.miss_path_walls.items() if v}
         out["miss_path_overhead"] = (
             mp["itme"] / mp["recompute"] - 1 if mp.get("itme") and mp.get("recompute") else None
         )
@@ -276,7 +275,6 @@ def compare_configs(
             if rep == 0:
                 runs.setdefault(cfg.value, {})[label] = res
                 reads.setdefault(cfg.value, {})[label] = read
-        miss_path: dict[str, float] = {}
         walls: dict[str, list[float]] = {}
         if miss_requests:
             walls = {"recompute": [], "itme": []}
@@ -294,10 +292,7 @@ def compare_configs(
                         None,
                     )
                     walls[cfg.value].append(res.wall_s)
-            miss_path = {k: statistics.median(v) for k, v in walls.items()}
-    return ComparisonResult(
-        footprint, namespace.block_bytes, runs, all_runs, reads, miss_path, walls
-    )
+    return ComparisonResult(footprint, namespace.block_bytes, runs, all_runs, reads, walls)
 
 
 def _ticker(

@@ -86,8 +86,8 @@ def redis_client(redis_server: tuple[str, int]) -> Iterator[redis.Redis]:
 
 
 TIER_PARAMS = [
-    "dram", "cxl-emulated", "cxl-dax-file", "ssd", "ssd-overlap", "remote", "dram-meta",
-    "ssd-meta",
+    "dram", "cxl-emulated", "cxl-dax-file", "ssd", "ssd-aio", "ssd-durable", "ssd-durable-sync",
+    "remote", "dram-meta", "ssd-meta",
 ]  # fmt: skip
 
 
@@ -108,8 +108,11 @@ def make_tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         elif name == "cxl-dax-file":
             (tmp_path / "dax0.0").touch()  # a regular file stands in for /dev/daxX.Y
             config = CxlConfig(cap, backend=CxlBackend.DAX, dax_path=tmp_path / "dax0.0")
-        elif name == "ssd-overlap":  # payload write overlapped with hashing, header after
-            config = SsdConfig(tmp_path, cap, overlap_min_bytes=BLOCK_BYTES)
+        elif name == "ssd-aio":  # hash while AIO writes the payload, header after
+            config = SsdConfig(tmp_path, cap, overlap_min_bytes=0)
+        elif name.startswith("ssd-durable"):  # payload, fdatasync, header, fdatasync
+            aio = name == "ssd-durable"
+            config = SsdConfig(tmp_path, cap, durable=True, async_io=aio, overlap_min_bytes=0)
         elif name.startswith("ssd"):
             config = SsdConfig(tmp_path, cap)
         else:

@@ -24,6 +24,7 @@ def test_info_reports_each_tier(
     assert main(["tiermem", "info", "--cache-dir", str(tmp_path), "--redis", f"{host}:{port}"]) == 0
     out = capsys.readouterr().out
     assert "cxl_backend" in out and "cache_dir_o_direct               True" in out
+    assert "ssd_native_aio" in out
     assert "redis_reachable                  True" in out
 
 

@@ -29,7 +29,8 @@ CHILD = textwrap.dedent(
     from llmsys.tiermem.tiers import SsdTier
     ns = Namespace("test-model", "float16", "layers,kv,tokens", 4, 64 << 10)
     keys = chain_keys(ns, np.arange({n} * 4))
-    config = SsdConfig(Path(sys.argv[1]), {n} * {block}, overlap_min_bytes=int(sys.argv[2]))
+    aio = sys.argv[2] == "aio"
+    config = SsdConfig(Path(sys.argv[1]), {n} * {block}, async_io=aio, overlap_min_bytes=0)
     tier = SsdTier(config, block_bytes={block}, clock=MonotonicClock())
     i = 0
     while True:  # overwrite slots round and round until killed
@@ -48,16 +49,16 @@ def _payload(i: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("completed_before_kill", "overlap_min_bytes"),
-    [(30, 1 << 40), (75, 1 << 40), (50, BLOCK)],
-    ids=["single-write-30", "single-write-75", "payload-then-header-50"],
+    ("completed_before_kill", "write_mode"),
+    [(30, "sync"), (75, "sync"), (30, "aio"), (50, "aio")],
+    ids=["single-write-30", "single-write-75", "aio-payload-and-header-30", "aio-50"],
 )
 def test_kill_9_serves_completed_blocks_and_never_torn_ones(
-    tmp_path: Path, completed_before_kill: int, overlap_min_bytes: int
+    tmp_path: Path, completed_before_kill: int, write_mode: str
 ) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path), str(overlap_min_bytes)],
+        [sys.executable, "-c", CHILD, str(tmp_path), write_mode],
         stdout=subprocess.PIPE,
         env=env,
         text=True,

@@ -1,6 +1,6 @@
 """``llmsys tiermem ...`` subcommands: the tiered KV block store.
 
-- ``info``: what this machine offers each tier (CXL probe, O_DIRECT support of a cache
+- ``info``: what this machine offers each tier (CXL probe, O_DIRECT and native AIO of a cache
   directory, memcpy and xxh3 speed, the default emulated cxl bandwidth, Redis reachability).
 - ``bench-tiers``: run ``benchmarks/tiermem/bench_tiers.py`` (arguments pass through).
 - ``demo``: the tiermem demo (two requests sharing a prefix over dram -> cxl -> ssd).
@@ -40,6 +40,7 @@ from llmsys.tiermem import (
     checksum,
     probe_cxl,
 )
+from llmsys.tiermem.tiers.aio import native_aio_available
 from llmsys.tiermem.tiers.cxl import measured_memcpy_bytes_per_s
 from llmsys.tiermem.tiers.remote import RemoteTier
 
@@ -70,6 +71,7 @@ def _info(args: argparse.Namespace) -> int:
         "cxl_detail": probe.detail,
         "cache_dir": str(cache_dir),
         "cache_dir_o_direct": o_direct_supported(cache_dir),
+        "ssd_native_aio": native_aio_available(),
         "memcpy_gb_per_s": round(memcpy / 1e9, 2),
         "xxh3_gb_per_s": round(xxh3 / 1e9, 2),
         "emulated_cxl_default_gb_per_s": round(memcpy * CxlConfig(1).bandwidth_share / 1e9, 2),
@@ -135,7 +137,9 @@ def _add_info(children: Any) -> None:
         "info",
         help="what this machine offers each tier",
         description="Probe CXL memory (CPU-less NUMA node, /dev/dax*), check O_DIRECT on the "
-        "cache directory, measure memcpy and xxh3 speed, and optionally ping Redis.",
+        "cache directory and whether the kernel grants native AIO (the ssd tier then hashes "
+        "blocks of 2 MiB and more while writing them), measure memcpy and xxh3 speed, and "
+        "optionally ping Redis.",
     )
     p.add_argument(
         "--cache-dir",

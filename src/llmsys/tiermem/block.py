@@ -25,6 +25,7 @@ and the benchmark hands them to both a tier and its baseline.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 from dataclasses import dataclass
@@ -147,8 +148,15 @@ def aligned_buffer(nbytes: int) -> memoryview:
 
 
 def buffer_address(buf: memoryview) -> int:
-    """Return the address of the first byte of ``buf`` (any contiguous buffer)."""
-    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
+    """Return the address of the first byte of ``buf`` (any contiguous buffer).
+
+    ctypes takes ~0.5 us for a writable buffer, numpy's ``.ctypes.data`` 3-12 us; on a
+    1 MiB ssd put these calls were 5-10% of the time, so the fast path matters.
+    """
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    except (TypeError, ValueError):  # read-only or empty: numpy accepts those
+        return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
 
 
 def is_page_aligned(buf: memoryview) -> bool:

@@ -7,13 +7,22 @@ starts at ``s * stride`` with ``stride = 4 KiB + round_up(block_bytes, 4 KiB)``:
 
 Crash safety (``kill -9`` of the writer): a store writes the payload and its header
 (``key``, length, xxh3_64 of the payload, header checksum) - in one positional write, or,
-for blocks of ``overlap_min_bytes`` and more, payload then header - and the block is in
-the index only after the writes returned. Reopening scans the header pages and
-adopts every slot whose header verifies; ``get_into`` re-verifies the payload checksum, so
-a torn write (a header describing bytes that did not all land) is a counted corrupt miss,
-never served. With ``durable=True`` the payload is written and ``fdatasync``-ed before the
-header, which also survives power loss; the default relies on the page-cache-free O_DIRECT
-path, which survives process crashes.
+when a block of ``overlap_min_bytes`` or more must be hashed, as two writes in flight
+together (see below) - and the block is in the index only after every write returned.
+Reopening scans the header pages and adopts every slot whose header verifies; ``get_into``
+re-verifies the payload checksum, so a torn write (a header describing bytes that did not
+all land) is a counted corrupt miss, never served. With ``durable=True`` the payload is
+written and ``fdatasync``-ed before the header, which also survives power loss; the
+default relies on the page-cache-free O_DIRECT path, which survives process crashes.
+
+Puts that must hash a block of ``overlap_min_bytes`` (2 MiB) or more (``async_io``, the
+default): the payload write goes to the kernel through native AIO
+(:mod:`llmsys.tiermem.tiers.aio`), the calling thread hashes the payload while the device
+writes it, then submits the header page and reaps both. The hash (10-25% of a write's
+time on the dev VM, more once a block no longer fits in cache) is then hidden behind the
+write instead of added to it, with no helper thread. Smaller blocks, and every block where
+native AIO is unavailable, are hashed first and written as header + payload in one
+``pwritev``: there a second request costs as much as the hash it would hide.
 
 Evicting a block only frees its slot in memory: its header stays valid on disk until the
 slot is reused, so a reopened tier may serve a block evicted just before a crash (correct
@@ -50,11 +59,9 @@ from llmsys.tiermem.clock import Clock
 from llmsys.tiermem.errors import CorruptBlockError, TierConfigError, TierUnavailableError
 from llmsys.tiermem.keys import BlockKey
 from llmsys.tiermem.policy import PolicyKind
+from llmsys.tiermem.tiers.aio import AioWriter, native_aio_available, open_writer
 from llmsys.tiermem.tiers.base import Tier, TierKind, TransferModel, _Entry
 from llmsys.tiermem.tiers.dram import _check_common
-
-_AUTO_OVERLAP_MIN_BYTES = 8 << 20
-"""Overlapped-put threshold chosen when ``overlap_min_bytes`` is None on >= 4 cores."""
 
 DEFAULT_SSD_MODEL = TransferModel(latency_s=80e-6, read_bytes_per_s=1.5e9, write_bytes_per_s=1.3e9)
 """Metadata-only cost of the ssd tier (this machine class: O_DIRECT 1.3-2 GB/s)."""
@@ -74,13 +81,15 @@ class SsdConfig:
     """Threads of the I/O pool used by ``get_many_into`` / ``put_many`` (>= 1)."""
     durable: bool = False
     """fdatasync payload before header (survives power loss, costs a flush per block)."""
-    overlap_min_bytes: int | None = None
-    """Puts of blocks at least this big write the payload from a helper thread while this
-    thread hashes it, then write the header (one extra 4 KiB write); smaller blocks hash
-    first and write header + payload in one syscall. None: 8 MiB on machines with 4 or
-    more usable cores, else never. Measured put/raw at 16 MiB: 0.94-0.95 overlapped vs
-    0.74-0.77 single on an idle 16-core host; 0.64-0.66 vs ~0.93 on the loaded 2-core dev
-    machine, where the helper thread waits for a core."""
+    async_io: bool = True
+    """Hash the payload of puts of ``overlap_min_bytes`` or more while native AIO writes it
+    (see module docstring); False, or no native AIO on this kernel: hash, then one
+    synchronous write."""
+    overlap_min_bytes: int = 2 << 20
+    """Smallest block hashed while AIO writes it. The overlapped put costs a second
+    request (the header page), which on the dev VM costs about what hashing 1-2 MiB does:
+    put/raw with reads interleaved, overlapped vs single write, 0.81 vs 0.86-0.88 at 1 MiB,
+    0.90 vs 0.89 at 2 MiB, 0.87-0.96 vs 0.77 at 4 MiB (``bench_tiers.py``)."""
     model: TransferModel = field(default=DEFAULT_SSD_MODEL)
     """Transfer cost used in metadata-only mode."""
 
@@ -91,7 +100,7 @@ class SsdConfig:
             raise TierConfigError(f"directory must be a pathlib.Path, got {self.directory!r}")
         if self.io_threads < 1:
             raise TierConfigError(f"io_threads must be >= 1, got {self.io_threads}")
-        if self.overlap_min_bytes is not None and self.overlap_min_bytes < 0:
+        if self.overlap_min_bytes < 0:
             raise TierConfigError(f"overlap_min_bytes must be >= 0, got {self.overlap_min_bytes}")
 
 
@@ -121,14 +130,13 @@ class SsdTier(Tier):
         self.stride_bytes = PAGE_BYTES + self.payload_stride_bytes
         self.path = config.directory / f"itme-{block_bytes}B.slots"
         self._direct_ok = block_bytes % PAGE_BYTES == 0
-        overlap_min = config.overlap_min_bytes
-        if overlap_min is None:
-            overlap_min = _AUTO_OVERLAP_MIN_BYTES if len(os.sched_getaffinity(0)) >= 4 else None
-        self.overlap_min_bytes = overlap_min
-        """Effective threshold of overlapped puts (None: never)."""
         self._local = threading.local()
+        self._writers: list[AioWriter] = []
+        self._writers_lock = threading.Lock()
+        self.async_io = False
+        """Whether puts hash while native AIO writes (``config.async_io`` and the kernel
+        allows it; decided at open)."""
         self._pool: ThreadPoolExecutor | None = None
-        self._helper: ThreadPoolExecutor | None = None
         self._fd: int | None = None
         if metadata_only:
             return
@@ -145,9 +153,7 @@ class SsdTier(Tier):
         if os.fstat(self._fd).st_size < size:
             os.ftruncate(self._fd, size)
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="itme-ssd")
-        # Separate from _pool: pool tasks (put_many) wait on helper tasks, so sharing one
-        # pool could deadlock.
-        self._helper = ThreadPoolExecutor(config.io_threads, thread_name_prefix="itme-ssd-io")
+        self.async_io = config.async_io and native_aio_available()
         self._adopt(self._scan())
 
     # ---- open-time scan ---------------------------------------------------------------
@@ -176,6 +182,19 @@ class SsdTier(Tier):
             self._local.page = page
         return page
 
+    def _writer(self) -> AioWriter | None:
+        """This thread's AIO context (made on first use; None if the kernel refuses one)."""
+        writer: AioWriter | None = getattr(self._local, "writer", None)
+        if writer is None and not getattr(self._local, "no_aio", False):
+            writer = open_writer(depth=2)
+            if writer is None:
+                self._local.no_aio = True
+                return None
+            self._local.writer = writer
+            with self._writers_lock:
+                self._writers.append(writer)
+        return writer
+
     def _bounce(self) -> memoryview:
         bounce: memoryview | None = getattr(self._local, "bounce", None)
         if bounce is None:
@@ -192,10 +211,9 @@ class SsdTier(Tier):
         direct = self._direct_ok and is_page_aligned(out)
         target = out if direct else self._bounce()
         offset = entry.slot * self.stride_bytes
-        # One preadv for header page + payload, then the hash. Overlapping the hash with
-        # chunked reads on a helper thread, and separate header writes on puts, measured
-        # no better on either machine, although python-xxhash releases the GIL while
-        # hashing: thread hand-offs and two writes in flight cost more than the hash.
+        # One preadv for header page + payload, then the hash: the hash needs the bytes, so
+        # only chunked reads could overlap it, and chunked reads on a helper thread
+        # measured no better on either machine (thread hand-offs cost more than the hash).
         try:
             want = PAGE_BYTES + len(target)
             got = os.preadv(self._fd, [page, target], offset)
@@ -213,7 +231,7 @@ class SsdTier(Tier):
         return True
 
     def _write(self, key: BlockKey, entry: _Entry, data: memoryview) -> None:
-        if self._fd is None or self._helper is None:
+        if self._fd is None:
             raise TierUnavailableError("ssd tier is closed")
         page = self._header_page()
         if self._direct_ok and is_page_aligned(data):
@@ -225,33 +243,53 @@ class SsdTier(Tier):
             dst[self.block_bytes :] = 0
         offset = entry.slot * self.stride_bytes
         overlap = (
-            entry.checksum is None
-            and self.overlap_min_bytes is not None
-            and self.block_bytes >= self.overlap_min_bytes
+            self.async_io
+            and entry.checksum is None
+            and self.block_bytes >= self.config.overlap_min_bytes
         )
+        writer = self._writer() if overlap else None
         try:
-            if self.config.durable or overlap:
-                # Payload first, header (the publish) after: needed for durability, and
-                # lets the hash run while the payload is written.
-                pending = self._helper.submit(os.pwritev, self._fd, [payload], offset + PAGE_BYTES)
-                try:
-                    if entry.checksum is None:
-                        entry.checksum = checksum(data)
-                finally:
-                    pending.result()
-                if self.config.durable:
-                    os.fdatasync(self._fd)
-                page[:HEADER_BYTES] = encode_header(key, self.block_bytes, entry.checksum)
+            if writer is not None:
+                self._write_hashing(writer, key, entry, data, payload, offset)
+                return
+            if entry.checksum is None:
+                entry.checksum = checksum(data)
+            page[:HEADER_BYTES] = encode_header(key, self.block_bytes, entry.checksum)
+            if self.config.durable:  # payload, flush, then the header (the publish)
+                os.pwritev(self._fd, [payload], offset + PAGE_BYTES)
+                os.fdatasync(self._fd)
                 os.pwritev(self._fd, [page], offset)
-                if self.config.durable:
-                    os.fdatasync(self._fd)
+                os.fdatasync(self._fd)
             else:
-                if entry.checksum is None:
-                    entry.checksum = checksum(data)
-                page[:HEADER_BYTES] = encode_header(key, self.block_bytes, entry.checksum)
                 os.pwritev(self._fd, [page, payload], offset)
         except OSError as exc:
             raise TierUnavailableError(f"ssd write failed: {exc}") from exc
+
+    def _write_hashing(
+        self,
+        writer: AioWriter,
+        key: BlockKey,
+        entry: _Entry,
+        data: memoryview,
+        payload: memoryview,
+        offset: int,
+    ) -> None:
+        """Hash ``data`` while AIO writes ``payload``, then write the header (see docstring)."""
+        assert self._fd is not None
+        page = self._header_page()
+        writer.submit_write(self._fd, payload, offset + PAGE_BYTES)
+        try:
+            digest = checksum(data)
+            if self.config.durable:  # the payload must be on disk before its header
+                writer.wait()
+                os.fdatasync(self._fd)
+            page[:HEADER_BYTES] = encode_header(key, self.block_bytes, digest)
+            writer.submit_write(self._fd, page, offset)
+        finally:
+            writer.wait()  # never leave the kernel writing from a buffer we hand back
+        if self.config.durable:
+            os.fdatasync(self._fd)
+        entry.checksum = digest
 
     def get_many_into(
         self, keys: Sequence[BlockKey], outs: Sequence[memoryview | None]
@@ -278,16 +316,21 @@ class SsdTier(Tier):
             "path": str(self.path),
             "io_threads": self.config.io_threads,
             "durable": self.config.durable,
-            "overlap_min_bytes": self.overlap_min_bytes,
+            "async_io": self.async_io,
+            "overlap_min_bytes": self.config.overlap_min_bytes,
             "policy": self.config.policy.value,
         }
 
     def close(self) -> None:
         """Stop the I/O pool and close the file (blocks stay on disk for the next open)."""
-        for pool in (self._pool, self._helper):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._pool = self._helper = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool = None
+        with self._writers_lock:
+            for writer in self._writers:
+                writer.close()
+            self._writers.clear()
+        self._local = threading.local()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

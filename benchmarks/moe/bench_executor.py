@@ -24,7 +24,7 @@ On a CPU a weight transfer uses the same cores as compute; exposed_transfer_frac
 the time micro-steps waited for replicas (plus publishing the host copy) over the
 micro-step time, as measured.
 
-sim_mape: the planner issue's simulator time model (``llmsys.moe.simulator._Timer``:
+sim_mape: the planner issue's simulator time model (``llmsys.moe.simulator.PhaseTimer``:
 dense + busiest-GPU expert compute + all-to-all per layer, update stage) with a
 HardwareProfile measured on this machine (expert forward + backward FLOP/s and per-group
 overhead on one pinned thread; gloo all-to-all latency and bandwidth) and its one
@@ -66,7 +66,7 @@ from llmsys.moe.ep.replay import (
 from llmsys.moe.lm.config import MoEConfig
 from llmsys.moe.lm.recorded import load_recorded
 from llmsys.moe.placement import Placement, ReplicaCost, slots_moved
-from llmsys.moe.simulator import HardwareProfile, _Timer
+from llmsys.moe.simulator import HardwareProfile, PhaseTimer
 from llmsys.moe.topology import Topology, home_layout
 from llmsys.moe.tracegen import Stage
 
@@ -74,7 +74,7 @@ from llmsys.moe.tracegen import Stage
 def _features(
     trace: Any, topo: Topology, placement: Placement, hw: HardwareProfile, dense: float
 ) -> float:
-    timer = _Timer(trace, topo, hw, dense)
+    timer = PhaseTimer(trace, topo, hw, dense)
     gpu = placement.gpu_tokens().astype(np.float64)
     active = (placement.slot_tokens > 0).reshape(placement.num_layers, topo.num_gpus, -1).sum(-1)
     d, e, a = timer.phases(gpu, active.astype(np.float64), Stage.UPDATE)
@@ -106,7 +106,7 @@ def fit_profile(
     rest = [t - _features(trace, topo, p, hw, 0.0) for p, t in samples]
     local_tokens = trace.tokens_per_micro / topo.num_gpus
     dense_s = max(float(np.median(rest)), 1e-9)
-    # _Timer: dense = layers * local_tokens * dense_flops / flops * 3 (update stage)
+    # PhaseTimer: dense = layers * local_tokens * dense_flops / flops * 3 (update stage)
     dense = dense_s * hw.flops / (3.0 * trace.shape.num_layers * local_tokens)
     return hw, dense
 

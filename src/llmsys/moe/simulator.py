@@ -160,8 +160,11 @@ class SimResult:
 
 
 @dataclass
-class _Timer:
-    """Per-layer time model, vectorised over layers."""
+class PhaseTimer:
+    """Per-layer time model of one micro-step, vectorised over layers: dense, expert and
+    all-to-all seconds from GPU token counts and active experts (what :func:`simulate` uses;
+    public so that measured runs, e.g. ``benchmarks/moe/bench_executor.py``, can be compared
+    against the same model)."""
 
     trace: RoutingTrace
     topo: Topology
@@ -309,7 +312,7 @@ def simulate(
     if policy is Policy.MILP:
         raise ConfigError("the milp policy is for small instances; it cannot run a 64-GPU step")
     topo.check_experts(trace.shape.num_experts)
-    timer = _Timer(trace, topo, hw, cfg.dense_flops_per_token)
+    timer = PhaseTimer(trace, topo, hw, cfg.dense_flops_per_token)
     layers = trace.shape.num_layers
     prev: Placement | None = None
     step_times: list[float] = []

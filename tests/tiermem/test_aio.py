@@ -143,3 +143,17 @@ def test_small_blocks_and_known_checksums_take_the_single_write(
     big.delete(keys[1])
     assert big.put(keys[1], data) and overlapped == [2]
     big.close()
+
+
+def test_a_forked_child_opens_its_own_context(tmp_path: Path) -> None:
+    tier = _tier(tmp_path, overlap_min_bytes=0)
+    keys = make_keys(2)
+    assert tier.put(keys[0], _filled(BLOCK_BYTES, 10))  # parent's context now exists
+    pid = os.fork()
+    if pid == 0:  # child: an AIO put must still work (exit status says whether it did)
+        ok = tier.put(keys[1], _filled(BLOCK_BYTES, 11)) and tier.stats().errors == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tier.put(keys[1], _filled(BLOCK_BYTES, 12))  # the parent's context still works
+    tier.close()

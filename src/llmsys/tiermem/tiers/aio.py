@@ -8,7 +8,8 @@ calling thread hands the payload write to the kernel, hashes while the device wo
 submits the header page and reaps both - one thread, no hand-off.
 
 Protocol of :class:`AioWriter` (one per thread: a context's completions go to whichever
-thread reaps them, so contexts are never shared):
+thread reaps them, so contexts are never shared; and one per process: a forked child must
+open its own, ``pid`` says whose it is):
 
 1. ``submit_write(fd, buf, offset)`` queues one write of ``buf`` (page-aligned, a multiple of
    4 KiB, for O_DIRECT) at ``offset``; at most ``depth`` may be outstanding. The caller keeps
@@ -116,6 +117,9 @@ class AioWriter:
         self._events = (_IoEvent * depth)()
         self._want: list[int] = [0] * depth
         self._outstanding = 0
+        self.pid = os.getpid()
+        """The process that owns the context (a forked child inherits the object, not the
+        kernel context)."""
 
     def _call(self, number: int, *args: object) -> int:
         assert _LIBC is not None
@@ -185,6 +189,9 @@ class AioWriter:
     def close(self) -> None:
         """Reap outstanding writes (errors ignored) and destroy the context; idempotent."""
         if self._ctx.value == 0:
+            return
+        if self.pid != os.getpid():  # a forked child's copy: the context is the parent's
+            self._ctx = ctypes.c_ulong(0)
             return
         with contextlib.suppress(OSError):
             self.wait()

@@ -185,6 +185,8 @@ class SsdTier(Tier):
     def _writer(self) -> AioWriter | None:
         """This thread's AIO context (made on first use; None if the kernel refuses one)."""
         writer: AioWriter | None = getattr(self._local, "writer", None)
+        if writer is not None and writer.pid != os.getpid():
+            writer = None  # forked: the inherited context belongs to the parent
         if writer is None and not getattr(self._local, "no_aio", False):
             writer = open_writer(depth=2)
             if writer is None:

@@ -53,6 +53,7 @@ STATS_MODULES = {
     "llmsys.aging.mann_kendall",
     "llmsys.aging.multiple_testing",
     "llmsys.aging.normalize",
+    "llmsys.aging.options",
     "llmsys.aging.sen_slope",
     "llmsys.aging.stats_errors",
     "llmsys.aging.trend",

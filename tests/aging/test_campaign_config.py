@@ -15,7 +15,7 @@ from llmsys.aging.campaign_config import (
 from llmsys.aging.deployments import DeploymentKind
 from llmsys.aging.loadgen import ArrivalProcess
 from llmsys.aging.multiple_testing import Correction
-from llmsys.aging.trend import TrendMethod
+from llmsys.aging.options import TrendMethod
 
 TOML = """
 name = "c1"

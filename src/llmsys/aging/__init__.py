@@ -89,77 +89,83 @@ Exceptions (campaigns)::
     └── CampaignError        a campaign directory is missing, foreign, complete or unusable
 """
 
-from llmsys.aging.analyze import (
-    AnalysisConfig,
-    FamilyAnalysis,
-    MetricAnalysis,
-    MetricSeries,
-    analyze_family,
-    analyze_metric,
-)
-from llmsys.aging.autocorr import aggregate_time_bins, hamed_rao_var_s, sieve_bootstrap_var_s
-from llmsys.aging.campaign import SegmentResult, resume_campaign, run_campaign
-from llmsys.aging.campaign_config import (
-    AnalysisSettings,
-    CampaignConfig,
-    CampaignConfigError,
-    CampaignError,
-    SamplingConfig,
-    StressConfig,
-    load_campaign_config,
-)
-from llmsys.aging.campaign_store import CampaignStore
-from llmsys.aging.changepoint import ChangePoints, detect_changepoints
-from llmsys.aging.csvio import Deployment, load_deployment_csv
-from llmsys.aging.deployments import (
-    DeploymentKind,
-    DeploymentProcess,
-    DeploymentSpec,
-    free_port,
-    serve_deployment,
-)
-from llmsys.aging.gpu import (
-    GpuBackend,
-    GpuSnapshot,
-    NvmlBackend,
-    RecordingGpuBackend,
-    ReplayGpuBackend,
-    detect_gpu_backend,
-)
-from llmsys.aging.growth import Growth, TimeToExhaustion, classify_growth, time_to_exhaustion
-from llmsys.aging.injectors import InjectorConfig, InjectorEngine, InjectorKind, serve_injector
-from llmsys.aging.llama_server import (
-    LlamaServerConfig,
-    llama_cpp_available,
-    llama_server_command,
-)
-from llmsys.aging.loadgen import (
-    ArrivalProcess,
-    Endpoint,
-    LatencyHistogram,
-    LoadConfig,
-    LoadProgress,
-    LoadSummary,
-    run_load,
-)
-from llmsys.aging.mann_kendall import Alternative, MannKendallResult, mann_kendall, mann_kendall_s
-from llmsys.aging.monitor import Monitor, MonitorConfig, MonitorTarget
-from llmsys.aging.multiple_testing import Correction, adjust_log10_p, significant_after
-from llmsys.aging.normalize import WorkSlopes, work_slopes
-from llmsys.aging.openai_api import OpenAIServer, TextEngine
-from llmsys.aging.openai_server import GcMode, ServerConfig, TransformersEngine, serve_llmsys
-from llmsys.aging.probe_errors import DeploymentError, ProbeConfigError
-from llmsys.aging.procfs import ProcessTree
-from llmsys.aging.report import (
-    CampaignAnalysis,
-    Verdict,
-    VerdictKind,
-    analyze_campaign,
-    write_report,
-)
-from llmsys.aging.sen_slope import SenSlope, pairwise_slope_order_stats, sen_slope, sen_slope_ci
-from llmsys.aging.stats_errors import CsvFormatError, SeriesError, StatsConfigError
-from llmsys.aging.trend import Detrend, TrendConfig, TrendMethod, TrendTest, trend_test
+from typing import TYPE_CHECKING
+
+from llmsys.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from llmsys.aging.analyze import (
+        AnalysisConfig,
+        FamilyAnalysis,
+        MetricAnalysis,
+        MetricSeries,
+        analyze_family,
+        analyze_metric,
+    )
+    from llmsys.aging.autocorr import aggregate_time_bins, hamed_rao_var_s, sieve_bootstrap_var_s
+    from llmsys.aging.campaign import SegmentResult, resume_campaign, run_campaign
+    from llmsys.aging.campaign_config import (
+        AnalysisSettings,
+        CampaignConfig,
+        CampaignConfigError,
+        CampaignError,
+        SamplingConfig,
+        StressConfig,
+        load_campaign_config,
+    )
+    from llmsys.aging.campaign_store import CampaignStore
+    from llmsys.aging.changepoint import ChangePoints, detect_changepoints
+    from llmsys.aging.csvio import Deployment, load_deployment_csv
+    from llmsys.aging.deployments import (
+        DeploymentKind,
+        DeploymentProcess,
+        DeploymentSpec,
+        free_port,
+        serve_deployment,
+    )
+    from llmsys.aging.gpu import (
+        GpuBackend,
+        GpuSnapshot,
+        NvmlBackend,
+        RecordingGpuBackend,
+        ReplayGpuBackend,
+        detect_gpu_backend,
+    )
+    from llmsys.aging.growth import Growth, TimeToExhaustion, classify_growth, time_to_exhaustion
+    from llmsys.aging.injectors import InjectorConfig, InjectorEngine, InjectorKind, serve_injector
+    from llmsys.aging.llama_server import (
+        LlamaServerConfig,
+        llama_cpp_available,
+        llama_server_command,
+    )
+    from llmsys.aging.loadgen import (
+        ArrivalProcess,
+        Endpoint,
+        LatencyHistogram,
+        LoadConfig,
+        LoadProgress,
+        LoadSummary,
+        run_load,
+    )
+    from llmsys.aging.mann_kendall import MannKendallResult, mann_kendall, mann_kendall_s
+    from llmsys.aging.monitor import Monitor, MonitorConfig, MonitorTarget
+    from llmsys.aging.multiple_testing import Correction, adjust_log10_p, significant_after
+    from llmsys.aging.normalize import WorkSlopes, work_slopes
+    from llmsys.aging.openai_api import OpenAIServer, TextEngine
+    from llmsys.aging.openai_server import GcMode, ServerConfig, TransformersEngine, serve_llmsys
+    from llmsys.aging.options import Alternative, Detrend, TrendMethod
+    from llmsys.aging.probe_errors import DeploymentError, ProbeConfigError
+    from llmsys.aging.procfs import ProcessTree
+    from llmsys.aging.report import (
+        CampaignAnalysis,
+        Verdict,
+        VerdictKind,
+        analyze_campaign,
+        write_report,
+    )
+    from llmsys.aging.sen_slope import SenSlope, pairwise_slope_order_stats, sen_slope, sen_slope_ci
+    from llmsys.aging.stats_errors import CsvFormatError, SeriesError, StatsConfigError
+    from llmsys.aging.trend import TrendConfig, TrendTest, trend_test
 
 __all__ = [
     "Alternative",
@@ -254,3 +260,5 @@ __all__ = [
     "work_slopes",
     "write_report",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

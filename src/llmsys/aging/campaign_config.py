@@ -45,8 +45,8 @@ from llmsys.aging.deployments import DeploymentKind, DeploymentSpec
 from llmsys.aging.loadgen import ArrivalProcess, Endpoint, LoadConfig
 from llmsys.aging.monitor import FAST_COLUMNS, MonitorConfig
 from llmsys.aging.multiple_testing import Correction
+from llmsys.aging.options import TrendMethod
 from llmsys.aging.procfs import DETAIL_FIELDS
-from llmsys.aging.trend import TrendMethod
 from llmsys.core.errors import ConfigError, InputError
 
 __all__ = [

@@ -15,24 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
 from scipy.stats import norm
 
 from llmsys.aging.inversions import count_inversions
+from llmsys.aging.options import Alternative
 from llmsys.aging.stats_errors import SeriesError
 
 _LN10 = math.log(10.0)
-
-
-class Alternative(Enum):
-    """Direction of the trend alternative hypothesis."""
-
-    INCREASING = "increasing"
-    DECREASING = "decreasing"
-    TWO_SIDED = "two-sided"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from functools import partial
 
 import numpy as np
@@ -62,45 +61,18 @@ from llmsys.aging.autocorr import (
 )
 from llmsys.aging.growth import shape_residuals
 from llmsys.aging.mann_kendall import (
-    Alternative,
     as_series,
     log10_p_value,
     mann_kendall_s,
     p_from_log10,
     z_score,
 )
+from llmsys.aging.options import Alternative, Detrend, TrendMethod
 from llmsys.aging.sen_slope import sen_slope, sen_slope_ci
 from llmsys.aging.stats_errors import SeriesError, StatsConfigError
 
 MIN_SAMPLES = 10
 """Fewest samples a metric may have for a trend test."""
-
-
-class Detrend(Enum):
-    """What the sieve bootstrap removes before it fits the noise model.
-
-    ``LINE`` (default): the Sen line - validated (size and coverage tables in
-    docs/benchmarks.md). Weak spot: a bounded cache that fills early and then stays flat
-    leaves a bend in the residuals that the AR fit reads as persistent noise, so the test
-    can miss it (a cache full after 30 % of a 400 s run: p around 0.2).
-    ``SHAPE``: the BIC-best growth shape - line, saturating curve, line-then-flat (a
-    bounded cache) or step (:func:`~llmsys.aging.growth.shape_residuals`), with the bias
-    correction calibrated on the same detrending; finds those caches (p < 1e-3 in the
-    tests) but over-rejects on strongly autocorrelated noise (false-positive rate 0.095 at
-    AR(1) phi = 0.99, n = 1e4; 0.075 at n = 1e3; 400 replicates each, with
-    ``correct_test_variance``), so it is an experimental option, not the default.
-    """
-
-    LINE = "line"
-    SHAPE = "shape"
-
-
-class TrendMethod(Enum):
-    """How the significance of S accounts for autocorrelation."""
-
-    ORIGINAL = "original"
-    HAMED_RAO = "hamed-rao"
-    SIEVE_BOOTSTRAP = "sieve-bootstrap"
 
 
 @dataclass(frozen=True, slots=True)

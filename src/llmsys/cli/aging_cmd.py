@@ -12,14 +12,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmsys.aging.analyze import AnalysisConfig, MetricSeries, analyze_family
-from llmsys.aging.csvio import load_deployment_csv
-from llmsys.aging.mann_kendall import Alternative
 from llmsys.aging.multiple_testing import Correction
-from llmsys.aging.trend import Detrend, TrendConfig
+from llmsys.aging.options import Alternative, Detrend
 from llmsys.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llmsys.aging.analyze import MetricSeries
 
 
 def register(sub: Any) -> None:
@@ -87,6 +87,9 @@ def register_analyze(children: Any) -> None:
 
 
 def _family(paths: list[Path]) -> dict[str, MetricSeries]:
+    from llmsys.aging.analyze import MetricSeries
+    from llmsys.aging.csvio import load_deployment_csv
+
     family: dict[str, MetricSeries] = {}
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
@@ -115,6 +118,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.capacity_bytes is not None and not args.capacity_bytes > 0:
         raise ConfigError(f"--capacity-bytes must be > 0, got {args.capacity_bytes}")
+    # the statistics import scipy.signal (~1 s): only the command that runs them loads them
+    from llmsys.aging.analyze import AnalysisConfig, analyze_family
+    from llmsys.aging.trend import TrendConfig
+
     config = AnalysisConfig(
         trend=TrendConfig(alternative=Alternative(args.alternative), detrend=Detrend(args.detrend)),
         alpha=args.alpha,

@@ -9,19 +9,24 @@
 - :mod:`.compare` / :mod:`.bench` - the five-configuration comparison.
 """
 
-from llmsys.tiermem.serving.bench import ServingBenchOptions, Workload, run_serving_bench
-from llmsys.tiermem.serving.compare import CacheConfig, ComparisonResult, compare_configs
-from llmsys.tiermem.serving.connector import TieredKVConnector
-from llmsys.tiermem.serving.engine import RequestResult, ServeResult, ServingEngine
-from llmsys.tiermem.serving.foresight import ForesightPrefetcher
-from llmsys.tiermem.serving.runner import KvGeometry, ModelRunner
-from llmsys.tiermem.serving.workloads import (
-    Request,
-    chat_workload,
-    docs_workload,
-    no_reuse_workload,
-    read_mooncake_trace,
-)
+from typing import TYPE_CHECKING
+
+from llmsys.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from llmsys.tiermem.serving.bench import ServingBenchOptions, Workload, run_serving_bench
+    from llmsys.tiermem.serving.compare import CacheConfig, ComparisonResult, compare_configs
+    from llmsys.tiermem.serving.connector import TieredKVConnector
+    from llmsys.tiermem.serving.engine import RequestResult, ServeResult, ServingEngine
+    from llmsys.tiermem.serving.foresight import ForesightPrefetcher
+    from llmsys.tiermem.serving.runner import KvGeometry, ModelRunner
+    from llmsys.tiermem.serving.workloads import (
+        Request,
+        chat_workload,
+        docs_workload,
+        no_reuse_workload,
+        read_mooncake_trace,
+    )
 
 __all__ = [
     "CacheConfig",
@@ -43,3 +48,5 @@ __all__ = [
     "read_mooncake_trace",
     "run_serving_bench",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -38,24 +38,29 @@ Errors
     InputError               unreadable or malformed trace
 """
 
-from llmsys.tiermem.sim.calibrate import MachineMeasurements, calibrate_profile, measure_machine
-from llmsys.tiermem.sim.profile import (
-    Calibration,
-    HardwareProfile,
-    ProfileError,
-    load_profile,
-    profile_names,
-    profile_to_toml,
-)
-from llmsys.tiermem.sim.replay import LaneClock, ReplayOptions, SimRequestResult, SimRun, replay
-from llmsys.tiermem.sim.simulate import PAPER_SPEEDUP, SimComparison, simulate
-from llmsys.tiermem.sim.workload import (
-    SimRequest,
-    footprint_bytes,
-    requests_from_serving,
-    requests_from_trace,
-    sim_namespace,
-)
+from typing import TYPE_CHECKING
+
+from llmsys.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from llmsys.tiermem.sim.calibrate import MachineMeasurements, calibrate_profile, measure_machine
+    from llmsys.tiermem.sim.profile import (
+        Calibration,
+        HardwareProfile,
+        ProfileError,
+        load_profile,
+        profile_names,
+        profile_to_toml,
+    )
+    from llmsys.tiermem.sim.replay import LaneClock, ReplayOptions, SimRequestResult, SimRun, replay
+    from llmsys.tiermem.sim.simulate import PAPER_SPEEDUP, SimComparison, simulate
+    from llmsys.tiermem.sim.workload import (
+        SimRequest,
+        footprint_bytes,
+        requests_from_serving,
+        requests_from_trace,
+        sim_namespace,
+    )
 
 __all__ = [
     "PAPER_SPEEDUP",
@@ -81,3 +86,5 @@ __all__ = [
     "sim_namespace",
     "simulate",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -22,15 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import minimize, nnls
 
 from llmsys.tiermem.clock import MonotonicClock
 from llmsys.tiermem.keys import Namespace, chain_keys
-from llmsys.tiermem.serving.compare import CacheConfig
-from llmsys.tiermem.serving.runner import ModelRunner
 from llmsys.tiermem.sim.profile import Calibration, HardwareProfile, ProfileError
 from llmsys.tiermem.sim.replay import ReplayOptions
 from llmsys.tiermem.sim.simulate import simulate
@@ -44,6 +42,9 @@ from llmsys.tiermem.tiers import (
     open_tier,
 )
 from llmsys.tiermem.tiers.base import TierKind, TransferModel
+
+if TYPE_CHECKING:  # the serving stack imports torch: only the functions that run it load it
+    from llmsys.tiermem.serving.runner import ModelRunner
 
 __all__ = [
     "MachineMeasurements",
@@ -279,6 +280,8 @@ def calibrate_profile(
     unseen = {k: v for k, v in _measured(serving_summary, held_out_ratios).items() if k[1] != "-"}
     if not unseen or not any(r != "-" for _, r in seen):
         raise ProfileError("serving summary lacks runs at the fitted or held-out ratios")
+    from llmsys.tiermem.serving.compare import CacheConfig
+
     configs = [CacheConfig(c) for c in sorted({c for c, _ in seen | unseen.keys()})]
     options = ReplayOptions(lookahead=lookahead)
 
@@ -390,6 +393,7 @@ def calibrate_from_serving(
     import torch
 
     from llmsys.core.model import load_bundled_model
+    from llmsys.tiermem.serving.runner import ModelRunner
 
     torch.set_num_threads(1)  # as the serving runs
     bundled = load_bundled_model()

@@ -13,10 +13,12 @@ The hierarchy, per layer:
 0. *Homes* (once per step, :func:`pack_homes`): each GPU's home experts are packed from
    the step's mean load (known after rollout), hottest expert to the lightest GPU, and
    matched to the previous homes so few move. Within the step homes stay pinned.
-1. *Replica demand.* The target is ``ceil(total / num_gpus)`` tokens per GPU. A GPU whose
-   home experts exceed it sheds the excess from its hottest home experts first; each shed
-   amount is a *piece* of one expert that needs replicas (an expert gets as many replicas
-   as pieces of it are placed).
+1. *Replica demand.* The target is ``ceil(total / num_gpus)`` tokens per GPU, plus a small
+   slack (:data:`TARGET_SLACK`: steps 1-2 run once per slack and each layer keeps the
+   packing whose busiest GPU is lightest). A GPU whose home experts exceed the target
+   sheds the excess from its hottest home experts first; each shed amount is a *piece* of
+   one expert that needs replicas (an expert gets as many replicas as pieces of it are
+   placed).
 2. *Packing, node first then GPU* (:mod:`llmsys.moe.packing`). The largest remaining piece
    goes to a redundant slot on its home node if one has room (its all-to-all stays on
    NVLink), otherwise anywhere; among fitting slots a slot that already holds the expert
@@ -49,6 +51,18 @@ from llmsys.moe.topology import HomeLayout, Topology, home_counts
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
+
+TARGET_SLACK = (0.0, 0.02, 0.04)
+"""Per-GPU targets tried, as fractions above the mean; each layer keeps the best packing.
+
+With the target at exactly the mean, the redundant slots' room equals the tokens to shed,
+so every token a slot cannot use (it holds one expert) stays on an overloaded home GPU.
+On the benchmark's fitted Qwen3-30B trace that left imbalance 1.0718 (p99 1.135), while
+HiGHS, given the same homes, reached 1.000-1.012 on the worst and typical layers. With
+2 % and 4 % of slack, keeping per layer the packing with the lightest busiest GPU: 1.0257
+(p99 1.040) there, and 1.0219 (p99 1.040; was 1.0319) on the earlier, milder defaults
+(Zipf 0.3). Adding the plain target as a third try changed neither by more than 0.0005
+and costs one more packing (~1.1 ms for 48 layers)."""
 
 
 def check_load(load: npt.ArrayLike, topology: Topology, name: str = "load") -> IntArray:
@@ -164,21 +178,63 @@ def _home_loads(load: IntArray, layout: HomeLayout) -> IntArray:
     return np.where(layout.home_valid[None], load[rows, layout.home_table], 0)
 
 
+class _Shedder:
+    """Sheds each GPU's home load above a target, hottest home expert first, for any target
+    and any subset of layers (the sort by load is done once)."""
+
+    def __init__(self, load: IntArray, layout: HomeLayout) -> None:
+        self.layout = layout
+        self.num_experts = load.shape[1]
+        home_load = _home_loads(load, layout)  # [L, G, H]
+        self.home_sum = home_load.sum(-1)  # [L, G]
+        self.order = np.argsort(-home_load, axis=-1, kind="stable")
+        li = np.arange(load.shape[0])[:, None, None]
+        gi = np.arange(home_load.shape[1])[None, :, None]
+        self.ranked = home_load[li, gi, self.order]
+        self.before = np.cumsum(self.ranked, axis=-1) - self.ranked
+
+    def pieces(self, target: IntArray, rows: IntArray | None = None) -> IntArray:
+        """``[len(rows), E]`` tokens each expert sheds so its home GPU gets down to
+        ``target`` (``[len(rows)]``); all layers when ``rows`` is None."""
+        sel = slice(None) if rows is None else rows
+        excess = np.maximum(self.home_sum[sel] - target[:, None], 0)  # [n, G]
+        ranked, order = self.ranked[sel], self.order[sel]
+        li = np.arange(ranked.shape[0])[:, None, None]
+        gi = np.arange(ranked.shape[1])[None, :, None]
+        shed = np.empty_like(ranked)
+        shed[li, gi, order] = np.clip(excess[..., None] - self.before[sel], 0, ranked)
+        pieces = np.zeros((ranked.shape[0], self.num_experts), dtype=ranked.dtype)
+        valid = self.layout.home_valid
+        pieces[li[:, :, 0], self.layout.home_table[sel][:, valid]] = shed[:, valid]
+        return pieces
+
+
 def _shed_pieces(load: IntArray, layout: HomeLayout, target: IntArray) -> IntArray:
     """``[L, E]`` tokens each expert must shed so its home GPU gets down to ``target``."""
-    home_load = _home_loads(load, layout)  # [L, G, H]
-    excess = np.maximum(home_load.sum(-1) - target[:, None], 0)  # [L, G]
-    order = np.argsort(-home_load, axis=-1, kind="stable")
-    li = np.arange(load.shape[0])[:, None, None]
-    gi = np.arange(home_load.shape[1])[None, :, None]
-    ranked = home_load[li, gi, order]
-    before = np.cumsum(ranked, axis=-1) - ranked
-    shed = np.empty_like(home_load)
-    shed[li, gi, order] = np.clip(excess[..., None] - before, 0, ranked)
-    pieces = np.zeros_like(load)
-    valid = layout.home_valid
-    pieces[li[:, :, 0], layout.home_table[:, valid]] = shed[:, valid]
-    return pieces
+    return _Shedder(load, layout).pieces(target)
+
+
+def _busiest_gpu(
+    load: IntArray,
+    home_gpu: IntArray,
+    hold: IntArray,
+    tok: FloatArray,
+    red_gpu: IntArray,
+    num_gpus: int,
+) -> FloatArray:
+    """``[L]`` tokens on each layer's busiest GPU after a packing (homes keep the rest)."""
+    layers, experts = load.shape
+    rows = np.arange(layers)[:, None]
+    # bincount over flattened (layer, bin) indices: ~10x faster than np.add.at here
+    placed = np.bincount(
+        (rows * (experts + 1) + hold).ravel(), tok.ravel(), layers * (experts + 1)
+    ).reshape(layers, experts + 1)[:, :experts]
+    at_home = np.bincount(
+        (rows * num_gpus + home_gpu).ravel(), (load - placed).ravel(), layers * num_gpus
+    )
+    on_replicas = np.bincount((rows * num_gpus + red_gpu).ravel(), tok.ravel(), layers * num_gpus)
+    busiest: FloatArray = (at_home + on_replicas).reshape(layers, num_gpus).max(axis=1)
+    return busiest
 
 
 def _next_use(window: IntArray, layout: HomeLayout) -> FloatArray:
@@ -229,8 +285,6 @@ def balance(
     home_node = home_slot // (topo.slots_per_gpu * topo.gpus_per_node)
 
     target = -(-load.sum(axis=1) // topo.num_gpus)  # ceil, [L]
-    pieces = _shed_pieces(load, layout, target)
-    cap = np.maximum(target[:, None] - _home_loads(load, layout).sum(-1), 0)  # [L, G]
 
     n_red = red.size
     if prev_expert is not None and prev_filled is not None:
@@ -253,30 +307,48 @@ def balance(
         evict_rank = np.zeros((layers, n_red))
 
     # 3. pack remaining pieces: home node first, then best fit. Token counts stay exact
-    # in float64 (integers far below 2**53).
+    # in float64 (integers far below 2**53). Once per slack (see TARGET_SLACK); each layer
+    # keeps the packing whose busiest GPU is lightest (ties: the smaller slack).
     num_experts = load.shape[1]
-    holder = np.where(r_filled, r_expert, num_experts)  # expert id, or one past the last
-    free = pieces.astype(np.float64)
-    slot_cap = np.where(used, 0, cap[:, red_gpu]).astype(np.float64)  # [L, R]
+    start = np.where(r_filled, r_expert, num_experts)  # expert id, or one past the last
+    home_gpu = home_slot // topo.slots_per_gpu  # [L, E]
+    shedder = _Shedder(load, layout)
+    pack = pack_compiled if compiled and pack_compiled is not None else pack_vectorised
+    best_max = np.full(layers, np.inf)
+    holder = start.copy()
     tok = np.zeros((layers, n_red))
-    args = (
-        free,
-        slot_cap,
-        holder,
-        tok,
-        home_node,
-        red_node,
-        red_gpu,
-        evict_rank,
-        stick,
-        2.0 * float(max(int(target.max()), 1)),
-        window is not None and window.shape[0] > 0,
-        bool(np.unique(red_gpu).size == red_gpu.size),
-    )
-    if compiled and pack_compiled is not None:
-        pack_compiled(*args)
-    else:
-        pack_vectorised(*args)
+    rows_left = rows
+    for slack in TARGET_SLACK:
+        # a packing aimed above a layer's best busiest GPU so far is skipped for that layer
+        levels = np.ceil(target * (1.0 + slack)).astype(np.int64)  # [L]
+        rows_left = rows_left[best_max[rows_left] > levels[rows_left]]
+        if rows_left.size == 0:
+            break
+        sub = rows_left
+        level = levels[sub]  # [n]
+        c_free = shedder.pieces(level, sub).astype(np.float64)
+        cap = np.maximum(level[:, None] - shedder.home_sum[sub], 0)  # [n, G]
+        c_cap = np.where(used[sub], 0, cap[:, red_gpu]).astype(np.float64)  # [n, R]
+        c_hold, c_tok = start[sub].copy(), np.zeros((sub.size, n_red))
+        pack(
+            c_free,
+            c_cap,
+            c_hold,
+            c_tok,
+            home_node[sub],
+            red_node,
+            red_gpu,
+            evict_rank[sub],
+            stick[sub],
+            2.0 * float(max(int(level.max()), 1)),
+            window is not None and window.shape[0] > 0,
+            bool(np.unique(red_gpu).size == red_gpu.size),
+        )
+        busiest = _busiest_gpu(load[sub], home_gpu[sub], c_hold, c_tok, red_gpu, topo.num_gpus)
+        better = busiest < best_max[sub]
+        won = sub[better]
+        best_max[won] = busiest[better]
+        holder[won], tok[won] = c_hold[better], c_tok[better]
     r_tokens += tok.astype(np.int64)
     r_filled = holder < num_experts
     r_expert = np.where(r_filled, holder, 0)

@@ -86,10 +86,11 @@ class SsdConfig:
     (see module docstring); False, or no native AIO on this kernel: hash, then one
     synchronous write."""
     overlap_min_bytes: int = 2 << 20
-    """Smallest block hashed while AIO writes it. The overlapped put costs a second
-    request (the header page), which on the dev VM costs about what hashing 1-2 MiB does:
-    put/raw with reads interleaved, overlapped vs single write, 0.81 vs 0.86-0.88 at 1 MiB,
-    0.90 vs 0.89 at 2 MiB, 0.87-0.96 vs 0.77 at 4 MiB (``bench_tiers.py``)."""
+    """Smallest block hashed while AIO writes it. The overlapped put pays AIO's completion
+    cost and a second request (the header page), which on the dev VM cost about what
+    hashing 1-2 MiB does: put/raw with reads interleaved, overlapped vs single write, 0.81
+    vs 0.86-0.88 at 1 MiB and 0.90 vs 0.89 at 2 MiB (probes interleaved as
+    ``bench_tiers.py`` does), 0.84-0.96 vs 0.77 at 4 MiB (``bench_tiers.py``)."""
     model: TransferModel = field(default=DEFAULT_SSD_MODEL)
     """Transfer cost used in metadata-only mode."""
 

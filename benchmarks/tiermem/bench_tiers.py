@@ -143,7 +143,6 @@ def bench_ssd(block_bytes: int, n: int, rounds: int, cache_dir: Path) -> dict[st
     fd = os.open(raw_path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
     os.ftruncate(fd, n * block_bytes)
     tier = SsdTier(SsdConfig(work, n * block_bytes), block_bytes=block_bytes, clock=CLOCK)
-    overlapped = tier.async_io and block_bytes >= tier.config.overlap_min_bytes
     keys = _keys(n, block_bytes)
     names = ("raw_write", "put", "raw_read", "get", "put_known_checksum")
     t: dict[str, list[float]] = {name: [] for name in names}
@@ -168,6 +167,7 @@ def bench_ssd(block_bytes: int, n: int, rounds: int, cache_dir: Path) -> dict[st
                     for name, value in zip(names, (rw, p, rr, g, pk), strict=True):
                         t[name].append(value)
         assert tier.stats().corrupt == 0 and tier.stats().misses == 0
+        overlap = tier.overlap_puts
     finally:
         tier.close()
         os.close(fd)
@@ -175,7 +175,7 @@ def bench_ssd(block_bytes: int, n: int, rounds: int, cache_dir: Path) -> dict[st
     res = {name: _stats(v, block_bytes) for name, v in t.items()}
     return {
         **{f"{k}_gb_per_s": v["gb_per_s"] for k, v in res.items()},
-        "put_mode": "hash-while-aio-writes" if overlapped else "hash-then-one-write",
+        "put_mode": "hash-while-aio-writes" if overlap else "hash-then-one-write",
         "get_vs_raw_odirect": res["raw_read"]["median_s"] / res["get"]["median_s"],
         "put_vs_raw_odirect": res["raw_write"]["median_s"] / res["put"]["median_s"],
         "put_known_checksum_vs_raw_odirect": (

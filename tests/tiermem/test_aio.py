@@ -87,6 +87,7 @@ def test_ssd_tier_uses_aio_by_default_and_reports_it(tmp_path: Path) -> None:
     tier = _tier(tmp_path, overlap_min_bytes=BLOCK_BYTES)
     assert tier.async_io and tier.describe()["async_io"] is True
     assert tier.describe()["overlap_min_bytes"] == BLOCK_BYTES
+    assert tier.overlap_puts
     key = make_keys(1)[0]
     data = _filled(BLOCK_BYTES, 6)
     assert tier.put(key, data)
@@ -127,7 +128,7 @@ def test_small_blocks_and_known_checksums_take_the_single_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tier = _tier(tmp_path)  # default threshold (2 MiB) is above BLOCK_BYTES
-    assert tier.config.overlap_min_bytes > BLOCK_BYTES
+    assert tier.config.overlap_min_bytes > BLOCK_BYTES and not tier.overlap_puts
     overlapped: list[int] = []
     real = tier._write_hashing
     monkeypatch.setattr(tier, "_write_hashing", lambda *a: (overlapped.append(1), real(*a))[1])

@@ -174,11 +174,11 @@ class Placement:
 
         A slot pays a move when ``previous`` did not hold its expert there; without
         ``previous`` no slot pays one.
+
+        Raises:
+            InvalidPlacementError: ``previous`` has another shape.
         """
-        moved = np.zeros_like(self.slot_filled)
-        if previous is not None:
-            same = previous.slot_filled & (previous.slot_expert == self.slot_expert)
-            moved = self.slot_filled & ~same
+        moved = np.zeros_like(self.slot_filled) if previous is None else _moved(previous, self)
         return gpu_cost(self.slot_tokens, moved, self.topology, cost)
 
     def check_against(self, load: IntArray) -> None:
@@ -261,19 +261,24 @@ class Placement:
         return cls(policy, topology, num_experts, expert, filled, tokens)
 
 
-def slots_moved(previous: Placement | None, current: Placement) -> IntArray:
-    """``[num_layers]`` slots that now hold an expert they did not hold before.
-
-    With no previous placement every filled slot counts as moved (cold start).
-    """
-    if previous is None:
-        filled: IntArray = current.slot_filled.sum(axis=1).astype(np.int64)
-        return filled
+def _moved(previous: Placement, current: Placement) -> BoolArray:
+    """``[num_layers, num_slots]`` slots of ``current`` holding an expert ``previous`` did
+    not hold there."""
     if previous.slot_expert.shape != current.slot_expert.shape:
         raise InvalidPlacementError(
             f"previous placement is {previous.slot_expert.shape}, "
             f"current is {current.slot_expert.shape}"
         )
     same = previous.slot_filled & (previous.slot_expert == current.slot_expert)
-    moved: IntArray = (current.slot_filled & ~same).sum(axis=1).astype(np.int64)
+    moved: BoolArray = current.slot_filled & ~same
     return moved
+
+
+def slots_moved(previous: Placement | None, current: Placement) -> IntArray:
+    """``[num_layers]`` slots that now hold an expert they did not hold before.
+
+    With no previous placement every filled slot counts as moved (cold start).
+    """
+    mask = current.slot_filled if previous is None else _moved(previous, current)
+    out: IntArray = mask.sum(axis=1).astype(np.int64)
+    return out

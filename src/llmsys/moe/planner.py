@@ -319,6 +319,8 @@ def balance(
     best_max = np.full(layers, np.inf)
     holder = start.copy()
     tok = np.zeros((layers, n_red))
+    shade = window is not None and window.shape[0] > 0
+    one_per_gpu = bool(np.unique(red_gpu).size == red_gpu.size)
     rows_left = rows
     for slack in TARGET_SLACK:
         # a packing aimed above a layer's best busiest GPU so far is skipped for that layer
@@ -343,8 +345,8 @@ def balance(
             evict_rank[sub],
             stick[sub],
             2.0 * float(max(int(level.max()), 1)),
-            window is not None and window.shape[0] > 0,
-            bool(np.unique(red_gpu).size == red_gpu.size),
+            shade,
+            one_per_gpu,
         )
         busiest = _busiest_gpu(load[sub], home_gpu[sub], c_hold, c_tok, red_gpu, topo.num_gpus)
         better = busiest < best_max[sub]
@@ -399,15 +401,13 @@ def _prune_replicas(
     A given-back slot keeps the expert it held before (nothing moves), or is emptied on a
     cold start. Arrays are ``[L, num_slots]``; ``home_slot`` is ``[L, E]``.
     """
+    moved = np.zeros(slot_tokens.shape, dtype=bool)  # only redundant slots ever move
+    moved[:, red] = True
+    if prev_expert is not None and prev_filled is not None:
+        moved[:, red] = ~(prev_filled[:, red] & (prev_expert[:, red] == slot_expert[:, red]))
     for layer in range(slot_tokens.shape[0]):
-        moved = np.zeros(topo.num_slots, dtype=bool)
-        if prev_expert is not None and prev_filled is not None:
-            held = prev_filled[layer, red] & (prev_expert[layer, red] == slot_expert[layer, red])
-            moved[red] = ~held
-        else:
-            moved[red] = True
         home_of = home_slot[layer, slot_expert[layer]]  # [num_slots] home of each slot's expert
-        tokens = _kept_tokens(slot_tokens[layer], moved, home_of, red, topo, cost)
+        tokens = _kept_tokens(slot_tokens[layer], moved[layer], home_of, red, topo, cost)
         emptied = red[(tokens[red] == 0) & (slot_tokens[layer, red] > 0)]
         if emptied.size:
             if prev_expert is not None and prev_filled is not None:

@@ -137,6 +137,7 @@ class SsdTier(Tier):
         self.async_io = False
         """Whether puts hash while native AIO writes (``config.async_io`` and the kernel
         allows it; decided at open)."""
+        self.overlap_puts = False
         self._pool: ThreadPoolExecutor | None = None
         self._fd: int | None = None
         if metadata_only:
@@ -155,6 +156,8 @@ class SsdTier(Tier):
             os.ftruncate(self._fd, size)
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="itme-ssd")
         self.async_io = config.async_io and native_aio_available()
+        self.overlap_puts = self.async_io and block_bytes >= config.overlap_min_bytes
+        """Whether a put that must hash does so while AIO writes the payload."""
         self._adopt(self._scan())
 
     # ---- open-time scan ---------------------------------------------------------------
@@ -245,15 +248,10 @@ class SsdTier(Tier):
             dst[: self.block_bytes] = np.frombuffer(data, dtype=np.uint8)
             dst[self.block_bytes :] = 0
         offset = entry.slot * self.stride_bytes
-        overlap = (
-            self.async_io
-            and entry.checksum is None
-            and self.block_bytes >= self.config.overlap_min_bytes
-        )
-        writer = self._writer() if overlap else None
+        writer = self._writer() if self.overlap_puts and entry.checksum is None else None
         try:
             if writer is not None:
-                self._write_hashing(writer, key, entry, data, payload, offset)
+                self._write_hashing(writer, page, key, entry, data, payload, offset)
                 return
             if entry.checksum is None:
                 entry.checksum = checksum(data)
@@ -271,6 +269,7 @@ class SsdTier(Tier):
     def _write_hashing(
         self,
         writer: AioWriter,
+        page: memoryview,
         key: BlockKey,
         entry: _Entry,
         data: memoryview,
@@ -279,7 +278,6 @@ class SsdTier(Tier):
     ) -> None:
         """Hash ``data`` while AIO writes ``payload``, then write the header (see docstring)."""
         assert self._fd is not None
-        page = self._header_page()
         writer.submit_write(self._fd, payload, offset + PAGE_BYTES)
         try:
             digest = checksum(data)
